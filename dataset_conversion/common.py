@@ -1,0 +1,446 @@
+"""What the dataset converters share: split lists, the atomic output folder, checks, dataset.json.
+
+A converter reads a split (case-ID lists shipped in ``splits/`` or given by the user), checks its
+input before writing anything, converts the cases with :func:`run_cases` (progress bar, optional
+worker processes) into the temporary folder that :func:`atomic_dataset_dir` moves into place only
+when everything succeeded, and ends with :func:`write_dataset_json`, which records the split, the
+source and the command line next to nnU-Net's own keys.
+
+Every problem with the input or the output location is a :class:`ConversionError` whose message
+names the file and what was expected; ``main`` functions print it and return 1.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import hashlib
+import math
+import multiprocessing
+import os
+import re
+import secrets
+import shlex
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm import tqdm
+
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"
+"""The split lists shipped with the package (package data ``splits/*.list``)."""
+
+NIFTI_ENDING = ".nii.gz"
+
+_CASE_ID = re.compile(r"^[^\s/\\.][^\s/\\]*$")
+_DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+JobT = TypeVar("JobT")
+ResultT = TypeVar("ResultT")
+
+
+class ConversionError(Exception):
+    """Bad input or output location; the message names the file and what was expected."""
+
+
+# --------------------------------------------------------------------------------------------
+# Case lists and splits
+# --------------------------------------------------------------------------------------------
+def read_case_list(path: str | os.PathLike) -> list[str]:
+    """Read a case-ID list: one ID a line, blank lines and ``#`` comments ignored.
+
+    Raises:
+        ConversionError: the file is missing or unreadable, a line is not a usable case ID (it
+            becomes part of file names, so no whitespace or path separators), or an ID repeats.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConversionError(f"cannot read the case list {path}: {e}") from e
+    ids: list[str] = []
+    seen: set[str] = set()
+    for line_number, line in enumerate(lines, start=1):
+        case_id = line.strip()
+        if not case_id or case_id.startswith("#"):
+            continue
+        if not _CASE_ID.match(case_id):
+            raise ConversionError(f"{path}, line {line_number}: {case_id!r} is not a case ID "
+                                  f"(expected one ID a line, no spaces or path separators)")
+        if case_id in seen:
+            raise ConversionError(f"{path}, line {line_number}: case {case_id} is listed twice")
+        seen.add(case_id)
+        ids.append(case_id)
+    if not ids:
+        raise ConversionError(f"the case list {path} is empty (expected one case ID a line)")
+    return ids
+
+
+def shipped_list(file_name: str) -> Path:
+    """Path of a split list shipped with the package, e.g. ``la_uamt_train.list``."""
+    path = SPLITS_DIR / file_name
+    if not path.is_file():
+        raise ConversionError(f"the shipped split list {path} is missing: the package is "
+                              f"incomplete (its package data splits/*.list was not installed)")
+    return path
+
+
+def describe_list(path: Path | None) -> dict | None:
+    """Provenance of a list for dataset.json: where it came from and its content hash."""
+    if path is None:
+        return None
+    path = Path(path)
+    shipped = path.resolve().parent == SPLITS_DIR
+    return {"file": f"nnunet_ccesemi/dataset_conversion/splits/{path.name}" if shipped
+            else str(path.resolve()),
+            "shipped": shipped,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Case IDs per role. Roles are disjoint; ``excluded`` cases are not converted at all."""
+
+    labeled: tuple[str, ...]
+    unlabeled: tuple[str, ...]
+    test: tuple[str, ...]
+    excluded: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        roles = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
+        names = list(roles)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                both = sorted(set(roles[first]) & set(roles[second]))
+                if both:
+                    raise ConversionError(f"cases in both the {first} and the {second} set: "
+                                          f"{', '.join(both)}")
+
+    def to_json(self) -> dict:
+        """Lists of IDs per role, for dataset.json."""
+        return {"labeled": list(self.labeled), "unlabeled": list(self.unlabeled),
+                "test": list(self.test), "excluded": list(self.excluded)}
+
+
+def resolve_num_labeled(num_train: int, labeled: int | None, labeled_fraction: float | None,
+                        default: int) -> int:
+    """Number of labelled cases from ``--labeled`` or ``--labeled-fraction`` (or the default).
+
+    The fraction is of the train list (after exclusions), rounded half up: 0.05/0.1/0.2 of the
+    80-case LA list give 4/8/16.
+    """
+    if labeled is not None and labeled_fraction is not None:
+        raise ConversionError("give either --labeled or --labeled-fraction, not both")
+    if labeled_fraction is not None:
+        if not 0.0 < labeled_fraction <= 1.0:
+            raise ConversionError(f"--labeled-fraction must be in (0, 1], got {labeled_fraction}")
+        labeled = int(math.floor(labeled_fraction * num_train + 0.5))
+        if labeled < 1:
+            raise ConversionError(f"--labeled-fraction {labeled_fraction} of {num_train} train "
+                                  f"cases rounds to 0 labelled cases")
+    elif labeled is None:
+        labeled = default
+    if not 1 <= labeled <= num_train:
+        raise ConversionError(f"--labeled must be between 1 and the number of train cases "
+                              f"({num_train}), got {labeled}")
+    return labeled
+
+
+def make_split(train_ids: Sequence[str], test_ids: Sequence[str], num_labeled: int,
+               excluded: Iterable[str] = ()) -> Split:
+    """Labelled = the first ``num_labeled`` train IDs, unlabelled = the rest, test as given.
+
+    Excluded IDs are removed from both lists first (order preserved).
+
+    Raises:
+        ConversionError: a case is in both lists, or there are fewer train cases than
+            ``num_labeled``.
+    """
+    excluded = tuple(dict.fromkeys(excluded))
+    skip = set(excluded)
+    train = [i for i in train_ids if i not in skip]
+    test = [i for i in test_ids if i not in skip]
+    both = sorted(set(train) & set(test))
+    if both:
+        raise ConversionError(f"cases in both the train list and the test list: {', '.join(both)}")
+    if not 1 <= num_labeled <= len(train):
+        raise ConversionError(f"cannot take {num_labeled} labelled cases from a train list of "
+                              f"{len(train)} (after {len(skip)} exclusions)")
+    return Split(labeled=tuple(train[:num_labeled]), unlabeled=tuple(train[num_labeled:]),
+                 test=tuple(test), excluded=excluded)
+
+
+# --------------------------------------------------------------------------------------------
+# Command-line pieces shared by the converters
+# --------------------------------------------------------------------------------------------
+def add_output_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
+    """``-d``, ``--name``, ``-o``, ``--overwrite`` and ``-np``."""
+    parser.add_argument("-d", "--dataset-id", type=int, required=True,
+                        help="nnU-Net dataset ID (1-999): writes DatasetXXX_<name>")
+    parser.add_argument("--name", default=default_name,
+                        help=f"dataset name after the ID (default: {default_name})")
+    parser.add_argument("-o", "--output-root", default=None,
+                        help="folder to write DatasetXXX_<name> into (default: $nnUNet_raw)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing DatasetXXX_<name> (only once the new one is "
+                             "complete)")
+    parser.add_argument("-np", "--num-processes", type=int,
+                        default=max(1, min(2, os.cpu_count() or 1)),
+                        help="worker processes (default: %(default)s)")
+
+
+def add_split_arguments(parser: argparse.ArgumentParser, default_labeled: int) -> None:
+    """``--labeled``/``--labeled-fraction``, ``--train-list``, ``--test-list``, ``--exclude-list``."""
+    amount = parser.add_mutually_exclusive_group()
+    amount.add_argument("--labeled", type=int, default=None,
+                        help=f"labelled cases: the first N of the train list "
+                             f"(default: {default_labeled})")
+    amount.add_argument("--labeled-fraction", type=float, default=None,
+                        help="labelled cases as a fraction of the train list, rounded half up")
+    parser.add_argument("--train-list", default=None,
+                        help="case-ID list (one a line) replacing the shipped train list")
+    parser.add_argument("--test-list", default=None,
+                        help="case-ID list (one a line) replacing the shipped test list")
+    parser.add_argument("--exclude-list", default=None,
+                        help="case-ID list of cases to leave out entirely (not converted)")
+
+
+def command_line(argv: Sequence[str] | None, prog: str) -> str:
+    """The command as typed (``sys.argv``) or as called from Python (``prog`` + argv)."""
+    words = list(sys.argv) if argv is None else [prog, *argv]
+    return shlex.join(str(w) for w in words)
+
+
+# --------------------------------------------------------------------------------------------
+# Output location
+# --------------------------------------------------------------------------------------------
+def resolve_output_root(output_root: str | os.PathLike | None) -> Path:
+    """``-o`` if given, else ``$nnUNet_raw``.
+
+    ``nnunetv2.paths.nnUNet_raw`` is an ``_EnvPath`` in 2.8.1, read through ``os.fspath``.
+    """
+    if output_root is not None:
+        return Path(output_root)
+    from nnunetv2.paths import nnUNet_raw
+    if not nnUNet_raw:
+        raise ConversionError("no output folder: pass -o/--output-root or set nnUNet_raw")
+    return Path(os.fspath(nnUNet_raw))
+
+
+def dataset_folder_name(dataset_id: int, name: str) -> str:
+    """``DatasetXXX_Name`` as nnU-Net expects it."""
+    if not 1 <= dataset_id <= 999:
+        raise ConversionError(f"dataset ID must be between 1 and 999, got {dataset_id}")
+    if not _DATASET_NAME.match(name):
+        raise ConversionError(f"dataset name {name!r}: use letters, digits, '_', '-' and '.'")
+    return f"Dataset{dataset_id:03d}_{name}"
+
+
+def check_dataset_id_free(output_root: Path, folder_name: str) -> None:
+    """Refuse a second dataset with the same ID under another name (nnU-Net could not choose)."""
+    if not output_root.is_dir():
+        return
+    prefix = folder_name.split("_", 1)[0] + "_"
+    others = sorted(p.name for p in output_root.iterdir()
+                    if p.is_dir() and p.name.startswith(prefix) and p.name != folder_name)
+    if others:
+        raise ConversionError(f"{output_root} already holds {', '.join(others)} with the same "
+                              f"dataset ID; choose another -d or remove it")
+
+
+@contextlib.contextmanager
+def atomic_dataset_dir(target_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder that replaces ``target_dir`` only if the block succeeds.
+
+    The temporary folder is a hidden sibling of the target (same file system, so the final move
+    is a rename; hidden, so nnU-Net's ``Dataset*`` look-ups never see it). If the block raises
+    (a bad file, Ctrl-C) the temporary folder is removed and an existing dataset stays as it
+    was. With ``overwrite`` the old dataset is renamed aside, the new one renamed in, and the old
+    one deleted; if the rename fails the old one is put back. Only a hard kill (SIGKILL, power
+    loss) can leave a ``.DatasetXXX_Name.incomplete-*`` folder behind, and never a partial
+    dataset under the real name.
+
+    Raises:
+        ConversionError: the target exists and ``overwrite`` is false, or is not a folder.
+    """
+    target = Path(target_dir)
+    if target.exists() or target.is_symlink():
+        if not target.is_dir():
+            raise ConversionError(f"{target} exists and is not a folder")
+        if not overwrite:
+            raise ConversionError(f"{target} already exists; pass --overwrite to replace it "
+                                  f"(it was left untouched)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}-{secrets.token_hex(4)}"
+    temporary.mkdir()  # mkdir (not mkdtemp) so the final folder gets the usual permissions
+    try:
+        yield temporary
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    _move_into_place(temporary, target)
+
+
+def _move_into_place(temporary: Path, target: Path) -> None:
+    """Rename ``temporary`` to ``target``, replacing an existing ``target`` folder."""
+    aside = None
+    try:
+        if target.exists():
+            aside = target.parent / f".{target.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}"
+            os.rename(target, aside)
+        os.rename(temporary, target)
+    except BaseException:
+        if aside is not None and not target.exists():
+            os.rename(aside, target)
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside)
+
+
+# --------------------------------------------------------------------------------------------
+# Running the cases
+# --------------------------------------------------------------------------------------------
+def progress(iterable: Iterable, total: int, desc: str) -> Iterable:
+    """A tqdm progress bar on stderr, one step a case."""
+    return tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True)
+
+
+def run_cases(worker: Callable[[JobT], ResultT], jobs: Sequence[JobT], num_processes: int,
+              desc: str) -> list[ResultT]:
+    """``[worker(job) for job in jobs]`` with a progress bar, in worker processes if asked.
+
+    ``worker`` must be a module-level function and the jobs picklable. Processes are spawned
+    (not forked) so the workers start clean. The first exception stops the run (remaining
+    workers are terminated) and is re-raised here.
+    """
+    if num_processes <= 1 or len(jobs) <= 1:
+        return [worker(job) for job in progress(jobs, len(jobs), desc)]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(min(num_processes, len(jobs))) as pool:
+        return list(progress(pool.imap(worker, jobs), len(jobs), desc))
+
+
+# --------------------------------------------------------------------------------------------
+# Images: reading, checking, writing
+# --------------------------------------------------------------------------------------------
+def _short_itk_message(error: Exception) -> str:
+    """ITK errors are many lines long; the last non-empty one says what went wrong."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def read_image(path: Path, what: str) -> sitk.Image:
+    """Read any file SimpleITK reads; ``what`` names it in errors ("LGE-MRI image")."""
+    if not path.is_file():
+        raise ConversionError(f"missing {what}: expected the file {path}")
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError as e:
+        raise ConversionError(f"cannot read the {what} {path}: {_short_itk_message(e)}") from e
+
+
+def check_scalar_volume(image: sitk.Image, path: Path) -> None:
+    """A 3D image with one component per voxel."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ConversionError(f"{path}: expected a 3D single-channel volume, got "
+                              f"{image.GetDimension()}D with "
+                              f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+
+
+def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, label_path: Path,
+                    spacing_rtol: float = 1e-4, origin_atol: float = 1e-3,
+                    direction_atol: float = 1e-4) -> None:
+    """The label lies on the image's voxel grid: same size, spacing, origin and direction.
+
+    Raises:
+        ConversionError: naming the label file, both values and the image file.
+    """
+    checks = (
+        ("shape (x, y, z)", image.GetSize(), label.GetSize(),
+         lambda a, b: tuple(a) == tuple(b)),
+        ("spacing", image.GetSpacing(), label.GetSpacing(),
+         lambda a, b: np.allclose(a, b, rtol=spacing_rtol, atol=0)),
+        ("origin", image.GetOrigin(), label.GetOrigin(),
+         lambda a, b: np.allclose(a, b, rtol=0, atol=origin_atol)),
+        ("direction", image.GetDirection(), label.GetDirection(),
+         lambda a, b: np.allclose(a, b, rtol=0, atol=direction_atol)),
+    )
+    for what, image_value, label_value, agree in checks:
+        if not agree(image_value, label_value):
+            raise ConversionError(f"{what} mismatch: the label {label_path} has "
+                                  f"{_rounded(label_value)}, the image {image_path} has "
+                                  f"{_rounded(image_value)}")
+
+
+def _rounded(values: Sequence[float]) -> tuple:
+    return tuple(round(float(v), 6) for v in values)
+
+
+def check_label_values(label_array: np.ndarray, allowed: Iterable[int], path: Path) -> None:
+    """Every voxel value is one of ``allowed``; else name the file and the unexpected values."""
+    allowed = sorted(set(allowed))
+    unexpected = np.setdiff1d(np.unique(label_array), allowed)
+    if unexpected.size:
+        shown = ", ".join(str(v) for v in unexpected[:10].tolist())
+        more = f" and {unexpected.size - 10} more" if unexpected.size > 10 else ""
+        raise ConversionError(f"{path}: label values {shown}{more} found; expected only "
+                              f"{', '.join(str(v) for v in allowed)}")
+
+
+def write_image(image: sitk.Image, path: Path) -> None:
+    """Write compressed (``.nii.gz``)."""
+    sitk.WriteImage(image, str(path), True)
+
+
+# --------------------------------------------------------------------------------------------
+# dataset.json
+# --------------------------------------------------------------------------------------------
+def _version_of(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, split: Split,
+                       split_info: dict, source: dict, converter: str, converter_version: str,
+                       command: str, dataset_name: str, file_ending: str = NIFTI_ENDING,
+                       reference: str | None = None, licence: str | None = None,
+                       description: str | None = None) -> None:
+    """nnU-Net's ``generate_dataset_json`` plus the semi-supervised record.
+
+    Adds ``numUnlabeled`` and ``numTest``, ``ssl_split`` (the IDs per role as written, plus
+    ``split_info``: how the split was made, the lists used) and ``conversion`` (the source, the
+    converter and its version, package versions and the command line). The split is stored
+    under ``ssl_split``, not ``dataset``: nnU-Net reads a ``dataset`` key as its file list.
+    """
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+
+    generate_dataset_json(
+        os.fspath(output_dir),
+        channel_names=dict(channel_names),
+        labels=dict(labels),
+        num_training_cases=len(split.labeled),
+        file_ending=file_ending,
+        dataset_name=dataset_name,
+        reference=reference,
+        description=description,
+        license=licence or "see the source dataset's terms of use",
+        converted_by=f"{converter} {converter_version}",
+        numUnlabeled=len(split.unlabeled),
+        numTest=len(split.test),
+        ssl_split={**split.to_json(), **split_info},
+        conversion={
+            "converter": converter,
+            "converter_version": converter_version,
+            "nnunet_ccesemi_version": _version_of("nnunet_ccesemi"),
+            "nnunetv2_version": _version_of("nnunetv2"),
+            "command_line": command,
+            "source": source,
+        },
+    )

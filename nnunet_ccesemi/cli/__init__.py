@@ -1,0 +1,1 @@
+"""The plugin's console commands, each a thin ``main(argv=None)``."""

@@ -1,0 +1,112 @@
+"""The method configuration: one frozen object per trainer, logged and checkpointed.
+
+Defaults follow ``METHOD.md`` (our specification of arXiv 2509.13084). A trainer variant changes
+hyperparameters with :func:`dataclasses.replace`, so an ablation stays a one-line subclass and the
+configuration that produced a checkpoint is always recorded next to its weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+PseudoLabelRule = Literal["confident", "union"]
+KLDirection = Literal["both", "a_to_b"]
+PrototypeLoss = Literal["infonce", "l2"]
+PeerArchitecture = Literal["residual", "same"]
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Hyperparameters of the dual-network semi-supervised objective.
+
+    Weights of 0 switch a term off (it is then not computed at all).
+    """
+
+    # networks
+    peer_architecture: PeerArchitecture = "residual"
+    """Network B: ``residual`` = the other encoder family of the same stages, ``same`` = A's
+    architecture with its own initialisation."""
+    peer_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6)
+    """Residual blocks per encoder stage of B when B is a residual-encoder U-Net (last value repeats)."""
+
+    # term 2: confident disagreement on labelled patches
+    disagreement_weight: float = 0.5
+    disagreement_confidence: float = 0.6
+
+    # term 3: entropy-filtered pseudo-label supervision on unlabelled patches
+    entropy_filter_weight: float = 1.0
+    entropy_quantile: float = 0.2
+    pseudo_label_rule: PseudoLabelRule = "confident"
+    filter_entropy: bool = True
+    """False = every unlabelled voxel is reliable (the no-entropy-filter ablation)."""
+
+    # term 4: cross pseudo supervision, optionally weighted by exp(-KL)
+    cps_weight: float = 1.0
+    kl_weighting: bool = True
+    """exp(-KL) voxel weights plus the KL regulariser; False = plain CPS."""
+    kl_direction: KLDirection = "both"
+    detach_kl_weight: bool = True
+
+    # term 5: cosine consistency between the two networks' probabilities
+    cosine_weight: float = 1.0
+
+    # term 6: voxel-prototype contrastive learning
+    contrast_weight: float = 0.1
+    contrast_loss: PrototypeLoss = "infonce"
+    contrast_temperature: float = 0.1
+    contrast_sample_fraction: float = 0.01
+    contrast_max_samples_per_class: int = 2048
+    prototype_momentum: float = 0.0
+    """EMA momentum of the class prototypes across iterations; 0 = per-batch prototypes."""
+
+    # term 7: ramp-ups (fraction of all training iterations)
+    unsupervised_rampup_fraction: float = 0.1
+    """Sigmoid ramp of the unlabelled terms 3-5; 0 = constant weight (released code)."""
+
+    def replace(self, **changes) -> "MethodConfig":
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
+
+    def __post_init__(self):
+        if not 0.0 < self.entropy_quantile <= 1.0:
+            raise ValueError(f"entropy_quantile must lie in (0, 1], got {self.entropy_quantile}")
+        if not 0.0 <= self.prototype_momentum < 1.0:
+            raise ValueError(f"prototype_momentum must lie in [0, 1), got {self.prototype_momentum}")
+        if self.contrast_temperature <= 0:
+            raise ValueError(f"contrast_temperature must be > 0, got {self.contrast_temperature}")
+        if self.pseudo_label_rule not in ("confident", "union"):
+            raise ValueError(f"pseudo_label_rule must be 'confident' or 'union', got {self.pseudo_label_rule!r}")
+        if self.kl_direction not in ("both", "a_to_b"):
+            raise ValueError(f"kl_direction must be 'both' or 'a_to_b', got {self.kl_direction!r}")
+        if self.contrast_loss not in ("infonce", "l2"):
+            raise ValueError(f"contrast_loss must be 'infonce' or 'l2', got {self.contrast_loss!r}")
+        if self.peer_architecture not in ("residual", "same"):
+            raise ValueError(f"peer_architecture must be 'residual' or 'same', got {self.peer_architecture!r}")
+
+
+# Plain cross pseudo supervision (Chen et al., CVPR 2021): supervised terms + unweighted CPS.
+CPS_CONFIG = MethodConfig(
+    disagreement_weight=0.0,
+    entropy_filter_weight=0.0,
+    kl_weighting=False,
+    cosine_weight=0.0,
+    contrast_weight=0.0,
+)
+
+# All terms with METHOD.md's defaults.
+CCE_CONFIG = MethodConfig()
+
+# The released code's choices (union labels, A->B only, attached KL weight, l2 prototypes, constant weights).
+CCE_RELEASED_CODE_CONFIG = CCE_CONFIG.replace(
+    pseudo_label_rule="union",
+    kl_direction="a_to_b",
+    detach_kl_weight=False,
+    contrast_loss="l2",
+    unsupervised_rampup_fraction=0.0,
+)

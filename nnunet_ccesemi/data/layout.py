@@ -1,0 +1,147 @@
+"""Where unlabelled cases live, raw and preprocessed, and how their files are checked.
+
+Raw: ``nnUNet_raw/DatasetXXX_Name/imagesUnlabeled/<case>_<XXXX><file_ending>``, with the channel
+naming and file ending of ``imagesTr``. Preprocessed: ``nnUNet_preprocessed/DatasetXXX_Name/
+<data_identifier>_unlabeled/`` beside nnU-Net's own ``<data_identifier>/`` (which
+``nnUNetv2_preprocess`` deletes and rebuilds, and whose every case counts as labelled), plus a
+manifest ``<data_identifier>_unlabeled.json`` recording the plans the cases were made with (a json
+file inside the folder would break nnU-Net's dataset-class inference).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from os.path import isdir, isfile, join
+
+UNLABELED_RAW_FOLDER = "imagesUnlabeled"
+UNLABELED_SUFFIX = "_unlabeled"
+PREPROCESS_COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled"
+
+
+class UnlabeledDataError(RuntimeError):
+    """Unlabelled data that are missing, malformed or inconsistent with the labelled cases."""
+
+
+def raw_unlabeled_folder(raw_dataset_folder: str) -> str:
+    return join(os.fspath(raw_dataset_folder), UNLABELED_RAW_FOLDER)
+
+
+def preprocessed_unlabeled_folder(preprocessed_dataset_folder: str, data_identifier: str) -> str:
+    return join(os.fspath(preprocessed_dataset_folder), data_identifier + UNLABELED_SUFFIX)
+
+
+def manifest_path(unlabeled_folder: str) -> str:
+    return unlabeled_folder.rstrip(os.sep) + ".json"
+
+
+def preprocessing_fingerprint(plans: dict, configuration: dict) -> str:
+    """Hash of everything that shapes a preprocessed case: two folders with equal fingerprints hold
+    data that one network can be trained on."""
+    relevant = {
+        "transpose_forward": plans.get("transpose_forward"),
+        "foreground_intensity_properties_per_channel": plans.get("foreground_intensity_properties_per_channel"),
+        "image_reader_writer": plans.get("image_reader_writer"),
+        **{key: configuration.get(key) for key in (
+            "data_identifier", "preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
+            "resampling_fn_data", "resampling_fn_data_kwargs")},
+    }
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
+                         labeled_identifiers: list[str] | None = None) -> dict[str, list[str]]:
+    """Map each unlabelled case ID to its channel files, in channel order.
+
+    Raises:
+        UnlabeledDataError: folder missing or empty; a file not named ``<case>_<XXXX><file_ending>``;
+            a case whose channels differ from ``dataset.json``'s ``channel_names``; an ID that is also
+            a labelled case.
+    """
+    folder = raw_unlabeled_folder(raw_dataset_folder)
+    file_ending = dataset_json["file_ending"]
+    channel_names = dataset_json["channel_names"]
+    expected_channels = list(range(len(channel_names)))
+    pattern_help = f"<case>_<XXXX>{file_ending} (e.g. case001_0000{file_ending})"
+    if not isdir(folder):
+        raise UnlabeledDataError(
+            f"No unlabelled images: the folder {folder} does not exist. Put unlabelled images there, named "
+            f"{pattern_help}, like imagesTr.")
+
+    pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending))
+    channels_by_case: dict[str, dict[int, str]] = {}
+    misnamed = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+            continue
+        match = pattern.fullmatch(name)
+        if match is None:
+            misnamed.append(name)
+            continue
+        channels_by_case.setdefault(match["case"], {})[int(match["channel"])] = join(folder, name)
+    if misnamed:
+        shown = ", ".join(misnamed[:5]) + (" ..." if len(misnamed) > 5 else "")
+        raise UnlabeledDataError(
+            f"{len(misnamed)} file(s) in {folder} are not named {pattern_help} (dataset.json file_ending is "
+            f"{file_ending!r}): {shown}")
+    if not channels_by_case:
+        raise UnlabeledDataError(f"No unlabelled images: {folder} holds no {pattern_help} files.")
+
+    for case, channels in channels_by_case.items():
+        if sorted(channels) != expected_channels:
+            found = ", ".join(f"_{c:04d}" for c in sorted(channels))
+            expected = ", ".join(f"_{c:04d} ({channel_names[str(c)]})" for c in expected_channels)
+            raise UnlabeledDataError(
+                f"Unlabelled case {case!r} in {folder} has channel files {found}; dataset.json channel_names "
+                f"expects exactly {expected}.")
+
+    if labeled_identifiers:
+        collisions = sorted(set(channels_by_case) & set(labeled_identifiers))
+        if collisions:
+            raise UnlabeledDataError(
+                f"Unlabelled case ID(s) {collisions[:5]} in {folder} are also labelled cases in imagesTr. "
+                f"Rename them: a case is either labelled or unlabelled.")
+    return {case: [channels[c] for c in expected_channels] for case, channels in channels_by_case.items()}
+
+
+def completed_cases(unlabeled_folder: str) -> set[str]:
+    """Cases whose three files are all in place (the ``.pkl`` is moved in last)."""
+    if not isdir(unlabeled_folder):
+        return set()
+    names = set(os.listdir(unlabeled_folder))
+    return {name[:-4] for name in names if name.endswith(".pkl")
+            and name[:-4] + ".b2nd" in names and name[:-4] + "_seg.b2nd" in names}
+
+
+def check_preprocessed_unlabeled(unlabeled_folder: str, fingerprint: str, dataset_id_hint: str,
+                                 configuration: str, plans_identifier: str) -> list[str]:
+    """The preprocessed unlabelled case IDs, after checking they exist and match the training plans.
+
+    Raises:
+        UnlabeledDataError: naming the command to run when the folder is missing, empty,
+            incomplete or made with other plans.
+    """
+    command = f"{PREPROCESS_COMMAND} -d {dataset_id_hint} -c {configuration} -p {plans_identifier}"
+    if not isdir(unlabeled_folder) or not completed_cases(unlabeled_folder):
+        raise UnlabeledDataError(
+            f"No preprocessed unlabelled cases in {unlabeled_folder}. Run `{command}` first (it reads "
+            f"imagesUnlabeled/ of the raw dataset).")
+    manifest = manifest_path(unlabeled_folder)
+    if not isfile(manifest):
+        raise UnlabeledDataError(f"{manifest} is missing, so the plans of {unlabeled_folder} are unknown. "
+                                 f"Run `{command}` again.")
+    with open(manifest) as f:
+        recorded = json.load(f).get("fingerprint")
+    if recorded != fingerprint:
+        raise UnlabeledDataError(
+            f"The unlabelled cases in {unlabeled_folder} were preprocessed with other plans than this training "
+            f"(fingerprint {recorded} != {fingerprint}). Run `{command}` to redo them.")
+    names = set(os.listdir(unlabeled_folder))
+    incomplete = sorted(n[:-5] for n in names if n.endswith(".b2nd") and not n.endswith("_seg.b2nd")
+                        and n[:-5] + ".pkl" not in names)
+    if incomplete:
+        raise UnlabeledDataError(
+            f"Unlabelled case(s) {incomplete[:5]} in {unlabeled_folder} are incomplete (interrupted "
+            f"preprocessing?). Run `{command}` again: it finishes them.")
+    return sorted(completed_cases(unlabeled_folder))

@@ -1,0 +1,169 @@
+"""Preprocess unlabelled images with exactly the plans of the labelled ones.
+
+nnU-Net's ``DefaultPreprocessor.run_case`` with no segmentation does the cropping, normalisation and
+resampling; it returns the 0/-1 "segmentation" that marks the nonzero region, which the training
+transforms need for masked normalisation. We store cases as nnU-Net does (``.b2nd`` + ``_seg.b2nd``
++ ``.pkl``) so its own dataset class and loader read them, with ``class_locations = {}`` because an
+unlabelled case has no foreground to oversample.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+from os.path import isfile, join
+from time import sleep
+
+import numpy as np
+from tqdm import tqdm
+
+from nnunet_ccesemi.data.layout import (UnlabeledDataError, completed_cases, find_unlabeled_cases, manifest_path,
+                                        preprocessed_unlabeled_folder, preprocessing_fingerprint)
+
+
+def _spatial_dimension(image_file: str) -> int | None:
+    """Number of spatial axes stored in an image file's header, or None when SimpleITK cannot tell."""
+    import SimpleITK as sitk
+
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(image_file)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetDimension()
+
+
+def check_dimensionality(unlabeled_cases: dict[str, list[str]], reference_image: str) -> None:
+    """Raise when an unlabelled image has another number of spatial axes than a labelled image."""
+    expected = _spatial_dimension(reference_image)
+    if expected is None:
+        return
+    for case, files in unlabeled_cases.items():
+        for image_file in files:
+            found = _spatial_dimension(image_file)
+            if found is None:
+                raise UnlabeledDataError(f"Cannot read the image header of {image_file} (unlabelled case {case!r}).")
+            if found != expected:
+                raise UnlabeledDataError(
+                    f"{image_file} is {found}D but the labelled images are {expected}D (e.g. {reference_image}). "
+                    f"Unlabelled images must have the dimensionality of imagesTr.")
+
+
+def preprocess_case(output_folder: str, case: str, image_files: list[str], plans_manager, configuration_manager,
+                    dataset_json: dict) -> None:
+    """Preprocess one case into a staging folder, then move its files in (``.pkl`` last = complete)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
+
+    preprocessor = configuration_manager.preprocessor_class(verbose=False)
+    data, seg, properties = preprocessor.run_case(image_files, None, plans_manager, configuration_manager,
+                                                  dataset_json)
+    properties["class_locations"] = {}
+    data = data.astype(np.float32, copy=False)
+    seg = seg.astype(np.int16, copy=False)
+    patch_size = tuple(configuration_manager.patch_size)
+    blocks_data, chunks_data = comp_blosc2_params(data.shape, patch_size, data.itemsize)
+    blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch_size, seg.itemsize)
+
+    staging = join(output_folder + ".staging", case)
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    nnUNetDatasetBlosc2.save_case(data, seg, properties, join(staging, case), chunks=chunks_data,
+                                  blocks=blocks_data, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+        os.replace(join(staging, case + suffix), join(output_folder, case + suffix))
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def _run_in_pool(jobs: list[tuple], num_processes: int, description: str) -> None:
+    if num_processes <= 1:
+        for job in tqdm(jobs, desc=description):
+            preprocess_case(*job)
+        return
+    # spawn, as nnU-Net does: forked workers inherit torch/blosc2 thread pools badly
+    with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+        workers = list(pool._pool)
+        pending = [pool.apply_async(preprocess_case, job) for job in jobs]
+        with tqdm(total=len(jobs), desc=description) as progress:
+            while pending:
+                if not all(w.is_alive() for w in workers):
+                    raise RuntimeError("A preprocessing worker died (out of memory?). Rerun with fewer processes "
+                                       "(-np); finished cases are kept and skipped.")
+                done = [r for r in pending if r.ready()]
+                for result in done:
+                    result.get()  # re-raises a worker's error here
+                    progress.update()
+                pending = [r for r in pending if r not in done]
+                sleep(0.05)
+
+
+def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str],
+                         plans_identifier: str = "nnUNetPlans", num_processes: int = 4) -> dict[str, int]:
+    """Preprocess ``imagesUnlabeled`` for each configuration; returns cases newly written per configuration.
+
+    Configurations that share a ``data_identifier`` (e.g. ``3d_cpu`` inheriting from ``3d_fullres``)
+    share one output folder. Cases already done with the same plans are skipped; cases made with other
+    plans are redone.
+    """
+    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    if nnUNet_raw is None or nnUNet_preprocessed is None:
+        raise UnlabeledDataError("Set the environment variables nnUNet_raw and nnUNet_preprocessed (see nnU-Net's "
+                                 "documentation/setting_up_paths.md).")
+    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    raw_folder = join(os.fspath(nnUNet_raw), dataset_name)
+    preprocessed_folder = join(os.fspath(nnUNet_preprocessed), dataset_name)
+    plans_file = join(preprocessed_folder, plans_identifier + ".json")
+    if not isfile(plans_file):
+        raise UnlabeledDataError(f"Plans file {plans_file} not found. Run `nnUNetv2_plan_and_preprocess -d "
+                                 f"{dataset_name_or_id}` (and -pl/-p for custom plans) first.")
+    with open(join(preprocessed_folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+
+    labeled = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
+    cases = find_unlabeled_cases(raw_folder, dataset_json, labeled_identifiers=list(labeled))
+    check_dimensionality(cases, next(iter(labeled.values()))["images"][0])
+
+    plans_manager = PlansManager(plans_file)
+    written = {}
+    for configuration in configurations:
+        if configuration not in plans_manager.available_configurations:
+            raise UnlabeledDataError(
+                f"Configuration {configuration!r} is not in {plans_file}; available: "
+                f"{plans_manager.available_configurations}.")
+        configuration_manager = plans_manager.get_configuration(configuration)
+        output_folder = preprocessed_unlabeled_folder(preprocessed_folder, configuration_manager.data_identifier)
+        fingerprint = preprocessing_fingerprint(plans_manager.plans, configuration_manager.configuration)
+        _start_or_reset(output_folder, fingerprint, plans_manager.plans_name, configuration)
+
+        todo = sorted(set(cases) - completed_cases(output_folder))
+        print(f"{configuration}: {len(cases)} unlabelled cases, {len(cases) - len(todo)} already preprocessed, "
+              f"{len(todo)} to do -> {output_folder}")
+        jobs = [(output_folder, case, cases[case], plans_manager, configuration_manager, dataset_json)
+                for case in todo]
+        _run_in_pool(jobs, num_processes, f"Preprocessing unlabelled cases ({configuration})")
+        shutil.rmtree(output_folder + ".staging", ignore_errors=True)
+        written[configuration] = len(todo)
+    return written
+
+
+def _start_or_reset(output_folder: str, fingerprint: str, plans_name: str, configuration: str) -> None:
+    """Create the output folder and its manifest; drop cases made with other plans (derived data)."""
+    manifest = manifest_path(output_folder)
+    if isfile(manifest):
+        with open(manifest) as f:
+            recorded = json.load(f).get("fingerprint")
+        if recorded != fingerprint:
+            print(f"{output_folder} was made with other plans (fingerprint {recorded}); preprocessing it again.")
+            shutil.rmtree(output_folder, ignore_errors=True)
+    elif os.path.isdir(output_folder):
+        shutil.rmtree(output_folder)  # no manifest: plans unknown, cannot be trusted
+    os.makedirs(output_folder, exist_ok=True)
+    tmp = manifest + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"fingerprint": fingerprint, "plans_name": plans_name, "configuration": configuration}, f, indent=2)
+    os.replace(tmp, manifest)

@@ -1,0 +1,48 @@
+"""Loss terms and uncertainty maths of CCE (arXiv 2509.13084): torch only, 2D and 3D, any C >= 2."""
+from .consistency import cosine_consistency
+from .cross_pseudo import (
+    cross_pseudo_supervision,
+    kl_divergence_map,
+    kl_weighted_cross_pseudo_supervision,
+    masked_cross_entropy,
+)
+from .disagreement import confident_disagreement_loss
+from .entropy import batch_quantile, normalized_entropy, reliable_mask
+from .features import DecoderFeatureHook, l2_normalize_voxels
+from .objective import DualNetworkObjective, UnlabeledObjective
+from .prototypes import (
+    IGNORE_LABEL,
+    PrototypeBank,
+    class_prototypes,
+    prototype_infonce_loss,
+    prototype_l2_loss,
+    sample_uncertain_voxels,
+)
+from .pseudo_labels import joint_pseudo_labels
+from .ramps import contrast_rampup, sigmoid_rampup, unsupervised_rampup
+
+__all__ = [
+    "IGNORE_LABEL",
+    "DecoderFeatureHook",
+    "DualNetworkObjective",
+    "PrototypeBank",
+    "UnlabeledObjective",
+    "batch_quantile",
+    "class_prototypes",
+    "confident_disagreement_loss",
+    "contrast_rampup",
+    "cosine_consistency",
+    "cross_pseudo_supervision",
+    "joint_pseudo_labels",
+    "kl_divergence_map",
+    "kl_weighted_cross_pseudo_supervision",
+    "l2_normalize_voxels",
+    "masked_cross_entropy",
+    "normalized_entropy",
+    "prototype_infonce_loss",
+    "prototype_l2_loss",
+    "reliable_mask",
+    "sample_uncertain_voxels",
+    "sigmoid_rampup",
+    "unsupervised_rampup",
+]

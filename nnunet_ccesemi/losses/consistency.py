@@ -1,0 +1,28 @@
+"""Cosine consistency between the two networks' probabilities (term 5 of ``METHOD.md``).
+
+The regulariser of the released code of arXiv 2509.13084 (``consist_loss``), also used in arXiv
+2505.17690.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def cosine_consistency(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``L_cos = mean_v (1 - cos(p^A_v, p^B_v))``, cosine along the class axis.
+
+    Both inputs keep their gradient (each network is pulled towards the other). Probability vectors
+    have norm >= 1/sqrt(C), so ``eps`` only guards against arbitrary inputs.
+
+    Args:
+        probs_a, probs_b: (B, C, *spatial) probabilities of networks A and B (any float dtype;
+            computed in float32).
+
+    Returns:
+        0-dim float32 tensor in [0, 1] for probabilities.
+    """
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"probability shapes differ: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
+    similarity = F.cosine_similarity(probs_a.float(), probs_b.float(), dim=1, eps=eps)
+    return (1.0 - similarity).mean()

@@ -1,0 +1,147 @@
+"""Voxel uncertainty: normalised entropy, its batch quantile and the reliable-voxel mask.
+
+Term 3 of ``METHOD.md`` (our specification of arXiv 2509.13084, "CCE"): a voxel of the unlabelled
+batch is *reliable* when it is among the ``q`` most confident voxels of at least one of the two
+networks, confidence being measured by the normalised entropy of the softmax probabilities.
+
+Everything here is computed in float32 whatever the input precision (the entropy of float16
+probabilities loses its small terms, and the quantile of a half tensor is refused by
+``torch.quantile``), and on the device: no ``.item()``, no numpy.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+
+QuantileInterpolation = Literal["linear", "lower", "higher"]
+
+
+def normalized_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Normalised Shannon entropy of class probabilities, per voxel.
+
+    ``H_v = -sum_c p_{c,v} log p_{c,v} / log C``, in [0, 1]: 0 for a one-hot voxel, 1 for the uniform
+    distribution (arXiv 2509.13084, term 3 of ``METHOD.md``).
+
+    Args:
+        probs: probabilities (not logits), shape (B, C, *spatial) with the classes on ``dim``; any
+            floating dtype. C >= 2.
+        dim: the class axis.
+
+    Returns:
+        float32 tensor of shape (B, *spatial) (``probs`` without ``dim``). Keeps the graph of
+        ``probs``; callers that use it as a threshold pass detached probabilities.
+
+    Raises:
+        ValueError: fewer than two classes.
+    """
+    num_classes = probs.shape[dim]
+    if num_classes < 2:
+        raise ValueError(f"normalized_entropy needs C >= 2 classes on dim {dim}, got shape {tuple(probs.shape)}")
+    probs = probs.float()
+    # xlogy(0, 0) = 0: a saturated softmax (exact zeros, common in float16) must not give NaN.
+    return -torch.special.xlogy(probs, probs).sum(dim) / math.log(num_classes)
+
+
+def _distributed_active(distributed: Optional[bool]) -> bool:
+    if distributed is None:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return distributed
+
+
+def _gather_from_all_ranks(flat: torch.Tensor) -> torch.Tensor:
+    # all_gather (not all_gather_into_tensor) works on both the NCCL and the gloo backend.
+    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, flat.contiguous())
+    return torch.cat(gathered)
+
+
+def batch_quantile(
+    values: torch.Tensor,
+    q: float,
+    *,
+    interpolation: QuantileInterpolation = "linear",
+    distributed: Optional[bool] = None,
+) -> torch.Tensor:
+    """The ``q``-quantile of all elements of ``values``, on their device, in float32.
+
+    Definition (that of ``torch.quantile`` and ``numpy.percentile``, which the released code used):
+    sort the ``n`` elements ``v_(0) <= ... <= v_(n-1)``, let ``r = q (n - 1)``; then
+    ``linear``: ``v_(floor r) + (r - floor r) (v_(ceil r) - v_(floor r))``, ``lower``: ``v_(floor r)``,
+    ``higher``: ``v_(ceil r)``. So q = 0 gives the minimum and q = 1 the maximum. The order
+    statistics come from ``torch.kthvalue`` (at most two calls), which, unlike ``torch.quantile``,
+    accepts more than 2^24 elements; the input is cast to float32 first (half is refused too).
+
+    Under ``torch.distributed`` the flattened values of every rank are all-gathered first, so all ranks
+    get the same, global threshold. This assumes every rank passes the same number of elements (true
+    for equally sized patch batches); ``all_gather`` requires it.
+
+    Args:
+        values: any shape, any floating dtype; not differentiated through (detached).
+        q: quantile level in [0, 1] (a host float: the rank is computed on the host from the shape,
+            which costs no device synchronisation).
+        interpolation: ``linear`` (default), ``lower`` or ``higher``, as in ``torch.quantile``.
+        distributed: gather over ranks; ``None`` = whenever a process group of more than one rank
+            is initialised.
+
+    Returns:
+        0-dim float32 tensor on ``values.device``.
+
+    Raises:
+        ValueError: ``q`` outside [0, 1], an unknown interpolation, or no elements.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    if interpolation not in ("linear", "lower", "higher"):
+        raise ValueError(f"interpolation must be 'linear', 'lower' or 'higher', got {interpolation!r}")
+    flat = values.detach().reshape(-1).float()
+    if _distributed_active(distributed):
+        flat = _gather_from_all_ranks(flat)
+    n = flat.numel()
+    if n == 0:
+        raise ValueError(f"batch_quantile of an empty tensor (shape {tuple(values.shape)})")
+    rank = q * (n - 1)
+    lower_index = min(int(math.floor(rank)), n - 1)
+    upper_index = min(int(math.ceil(rank)), n - 1)
+    if interpolation == "lower" or (interpolation == "linear" and lower_index == upper_index):
+        return torch.kthvalue(flat, lower_index + 1).values
+    upper = torch.kthvalue(flat, upper_index + 1).values
+    if interpolation == "higher":
+        return upper
+    lower = torch.kthvalue(flat, lower_index + 1).values
+    return torch.lerp(lower, upper, rank - lower_index)
+
+
+def reliable_mask(
+    entropy_a: torch.Tensor,
+    entropy_b: torch.Tensor,
+    threshold_a: torch.Tensor | float,
+    threshold_b: torch.Tensor | float,
+    *,
+    strict: bool = False,
+) -> torch.Tensor:
+    """Voxels among the most confident of at least one network: ``H^A_v <= τ^A or H^B_v <= τ^B``.
+
+    ``METHOD.md`` writes ``<``; we default to ``<=`` deliberately. With ``τ`` = the q-quantile of
+    ``H`` (:func:`batch_quantile`), ``<=`` keeps at least ``floor(q (n-1)) + 1`` voxels of each net:
+    the minimum-entropy voxel is always reliable, and q = 1 marks every voxel reliable. With ``<``,
+    ties at the threshold drop out entirely: once more than a fraction q of the voxels are
+    saturated (entropy exactly 0, frequent with float16 softmax late in training) ``τ = 0`` and
+    *no* voxel would be reliable, which switches the term off exactly when the nets are confident.
+    ``strict=True`` gives ``<`` (the released code's ``~(H >= τ)``).
+
+    Args:
+        entropy_a, entropy_b: (B, *spatial) normalised entropies of networks A and B.
+        threshold_a, threshold_b: 0-dim tensors (or floats), e.g. from :func:`batch_quantile`.
+        strict: use ``<`` instead of ``<=``.
+
+    Returns:
+        bool tensor of shape (B, *spatial).
+    """
+    if entropy_a.shape != entropy_b.shape:
+        raise ValueError(f"entropy shapes differ: {tuple(entropy_a.shape)} vs {tuple(entropy_b.shape)}")
+    if strict:
+        return (entropy_a < threshold_a) | (entropy_b < threshold_b)
+    return (entropy_a <= threshold_a) | (entropy_b <= threshold_b)

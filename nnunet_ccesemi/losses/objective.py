@@ -1,0 +1,283 @@
+"""The dual-network objective of CCE beyond the supervised loss (terms 2-6 of ``METHOD.md``).
+
+arXiv 2509.13084 ("CCE"), as specified in ``METHOD.md``:
+
+``L = Σ_k w_mis L_mis^k + λ_u(t) [Σ_k (w_ef L_ef^k + w_kl L_kl^k) + w_cos L_cos] + λ_c(t) Σ_k L_con^k``
+
+for the networks k ∈ {A, B}. nnU-Net's Dice+CE (term 1) is added by the trainer. The module holds
+no parameters, only the per-network prototype banks (buffers, checkpointed with the trainer).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..config import MethodConfig
+from .consistency import cosine_consistency
+from .cross_pseudo import cross_pseudo_supervision, kl_weighted_cross_pseudo_supervision, masked_cross_entropy
+from .disagreement import confident_disagreement_loss
+from .entropy import batch_quantile, normalized_entropy, reliable_mask
+from .features import l2_normalize_voxels
+from .pseudo_labels import joint_pseudo_labels
+from .prototypes import (
+    PrototypeBank,
+    class_prototypes,
+    prototype_infonce_loss,
+    prototype_l2_loss,
+    sample_uncertain_voxels,
+)
+
+NETWORKS = ("a", "b")
+
+
+class DualNetworkObjective(nn.Module):
+    """Terms 2-6 of CCE for networks A and B, from one :class:`~nnunet_ccesemi.config.MethodConfig`.
+
+    Inputs (``forward``): the full-resolution logits of both networks for the concatenated batch
+    ``[labelled (n) ; unlabelled (m)]``, shape (n + m, C, *spatial), 2D or 3D.
+
+    * term 2, labelled rows: ``w_mis Σ_k L_mis^k`` (:func:`confident_disagreement_loss`);
+    * term 3, unlabelled rows: normalised entropies ``H^k``, thresholds ``τ^k`` = their
+      ``entropy_quantile`` (global under DDP), reliable voxels ``H^A <= τ^A or H^B <= τ^B`` (all voxels
+      if ``filter_entropy`` is off), joint pseudo-labels (``pseudo_label_rule``), and
+      ``L_ef^k`` = CE over the reliable voxels;
+    * term 4, all rows: ``L_kl^k`` = KL-weighted CPS of student k by the other net (plain CPS if
+      ``kl_weighting`` is off); ``kl_direction='a_to_b'`` trains only B on A's labels (released code);
+    * term 5, all rows: cosine consistency;
+    * term 6, unlabelled rows, each net on its own L2-normalised decoder features: prototypes of the
+      pseudo-classes over reliable voxels (through a :class:`PrototypeBank` with
+      ``prototype_momentum``), a sample of the uncertain voxels labelled by the net's own argmax, and
+      InfoNCE (or the ``l2`` variant) against the prototypes. With ``filter_entropy`` off no voxel is
+      uncertain, so this term is 0.
+
+    A term whose configured weight is 0 is not computed. Everything runs in float32 with autocast
+    disabled, whatever the precision of the inputs.
+
+    Args:
+        config: the method configuration.
+        num_classes: C, the number of output channels (including background).
+        ignore_index: nnU-Net's ignore label in the labelled targets, if the dataset has one.
+        generator: random generator (on the logits' device) for the voxel sampling of term 6.
+    """
+
+    def __init__(
+        self,
+        config: MethodConfig,
+        num_classes: int,
+        ignore_index: Optional[int] = None,
+        generator: Optional[torch.Generator] = None,
+    ):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        self.config = config
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.generator = generator
+        self.prototype_banks = nn.ModuleDict(
+            {net: PrototypeBank(num_classes, config.prototype_momentum) for net in NETWORKS}
+        )
+
+    def forward(
+        self,
+        logits_a: torch.Tensor,
+        logits_b: torch.Tensor,
+        n_labeled: int,
+        target_labeled: Optional[torch.Tensor] = None,
+        features_a: Optional[torch.Tensor] = None,
+        features_b: Optional[torch.Tensor] = None,
+        unsup_weight: float = 1.0,
+        contrast_weight: float = 0.0,
+        *,
+        update_prototype_banks: bool = True,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Computes the weighted sum of terms 2-6.
+
+        Args:
+            logits_a, logits_b: (n + m, C, *spatial) full-resolution logits, labelled rows first.
+            n_labeled: n, the number of labelled rows (host int).
+            target_labeled: (n, 1, *spatial) or (n, *spatial) integer labels of the labelled rows;
+                needed for term 2 (skipped if ``None``).
+            features_a, features_b: (n + m, F, *spatial) decoder features (not yet normalised), or
+                only their m unlabelled rows; needed when ``config.contrast_weight > 0`` and ``contrast_weight != 0``.
+            unsup_weight: λ_u(t), the ramped weight of terms 3-5.
+            contrast_weight: λ_c(t), the ramped weight of term 6 (already including
+                ``config.contrast_weight`` as its maximum, see :func:`contrast_rampup`).
+            update_prototype_banks: fold this step's prototypes into the banks; pass ``False`` on the
+                second call of a step that evaluates the objective twice (the low-memory sequential
+                step) so that an EMA bank moves once per step.
+
+        Returns:
+            ``(loss, stats)``: the 0-dim float32 loss, and a dict of detached 0-dim float32 tensors
+            (each computed term, ``reliable_fraction``, ``agreement``, ``mean_kl_weight``,
+            ``num_prototypes``, ``entropy_threshold_a/b``, ``total``); nothing synchronises with the host.
+        """
+        config = self.config
+        self._check_inputs(logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight)
+        device = logits_a.device
+        n_unlabeled = logits_a.shape[0] - n_labeled
+        with torch.autocast(device_type=device.type, enabled=False):
+            logits = {"a": logits_a.float(), "b": logits_b.float()}
+            probs = {net: torch.softmax(logits[net], dim=1) for net in NETWORKS}
+            # Accumulated on the graph of the logits, so an all-skipped objective is a connected 0.
+            total = (logits["a"].sum() + logits["b"].sum()) * 0.0
+            stats: dict[str, torch.Tensor] = {}
+
+            if config.disagreement_weight > 0 and target_labeled is not None and n_labeled > 0:
+                probs_a_labeled = probs["a"][:n_labeled].detach()
+                probs_b_labeled = probs["b"][:n_labeled].detach()
+                for net in NETWORKS:
+                    term = confident_disagreement_loss(
+                        probs[net][:n_labeled],
+                        probs_a_labeled,
+                        probs_b_labeled,
+                        target_labeled,
+                        config.disagreement_confidence,
+                        ignore_index=self.ignore_index,
+                    )
+                    stats[f"disagreement_{net}"] = term.detach()
+                    total = total + config.disagreement_weight * term
+
+            needs_pseudo_labels = config.entropy_filter_weight > 0 or self._contrast_active(contrast_weight)
+            if n_unlabeled > 0:
+                with torch.no_grad():
+                    probs_unlabeled = {net: probs[net][n_labeled:].detach() for net in NETWORKS}
+                    labels_unlabeled = {net: probs_unlabeled[net].argmax(1) for net in NETWORKS}
+                    stats["agreement"] = (labels_unlabeled["a"] == labels_unlabeled["b"]).float().mean()
+                    if needs_pseudo_labels:
+                        reliable, pseudo_labels = self._reliable_pseudo_labels(probs_unlabeled, stats)
+
+            if config.entropy_filter_weight > 0 and n_unlabeled > 0:
+                for net in NETWORKS:
+                    term = masked_cross_entropy(logits[net][n_labeled:], pseudo_labels, reliable)
+                    stats[f"entropy_filter_{net}"] = term.detach()
+                    total = total + unsup_weight * config.entropy_filter_weight * term
+
+            if config.cps_weight > 0:
+                students = NETWORKS if config.kl_direction == "both" else ("b",)
+                kl_weights = []
+                for student in students:
+                    teacher = "b" if student == "a" else "a"
+                    if config.kl_weighting:
+                        term, mean_weight = kl_weighted_cross_pseudo_supervision(
+                            logits[student], logits[teacher], detach_weight=config.detach_kl_weight
+                        )
+                        kl_weights.append(mean_weight)
+                    else:
+                        term = cross_pseudo_supervision(logits[student], logits[teacher])
+                    stats[f"cps_{student}"] = term.detach()
+                    total = total + unsup_weight * config.cps_weight * term
+                if kl_weights:
+                    stats["mean_kl_weight"] = torch.stack(kl_weights).mean()
+
+            if config.cosine_weight > 0:
+                term = cosine_consistency(probs["a"], probs["b"])
+                stats["cosine"] = term.detach()
+                total = total + unsup_weight * config.cosine_weight * term
+
+            if self._contrast_active(contrast_weight) and n_unlabeled > 0:
+                # All rows, or only the unlabelled ones.
+                features = {
+                    net: f[n_labeled:] if f.shape[0] == logits_a.shape[0] else f
+                    for net, f in (("a", features_a), ("b", features_b))
+                }
+                num_prototypes = []
+                for net in NETWORKS:
+                    term, present = self._contrast_term(
+                        net, features[net], labels_unlabeled[net], reliable, pseudo_labels,
+                        update_prototype_banks,
+                    )
+                    num_prototypes.append(present.sum().float())
+                    stats[f"contrast_{net}"] = term.detach()
+                    total = total + contrast_weight * term
+                stats["num_prototypes"] = torch.stack(num_prototypes).mean()
+
+        stats["total"] = total.detach()
+        return total, stats
+
+    def _contrast_active(self, contrast_weight: float) -> bool:
+        return self.config.contrast_weight > 0 and contrast_weight != 0
+
+    @torch.no_grad()
+    def _reliable_pseudo_labels(
+        self, probs_unlabeled: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        entropy = {net: normalized_entropy(probs_unlabeled[net]) for net in NETWORKS}
+        if config.filter_entropy:
+            threshold = {net: batch_quantile(entropy[net], config.entropy_quantile) for net in NETWORKS}
+            reliable = reliable_mask(entropy["a"], entropy["b"], threshold["a"], threshold["b"])
+            for net in NETWORKS:
+                stats[f"entropy_threshold_{net}"] = threshold[net]
+        else:
+            reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
+        stats["reliable_fraction"] = reliable.float().mean()
+        pseudo_labels = joint_pseudo_labels(
+            probs_unlabeled["a"], probs_unlabeled["b"], entropy["a"], entropy["b"], config.pseudo_label_rule
+        )
+        return reliable, pseudo_labels
+
+    def _contrast_term(
+        self,
+        net: str,
+        features_unlabeled: torch.Tensor,
+        own_labels: torch.Tensor,
+        reliable: torch.Tensor,
+        pseudo_labels: torch.Tensor,
+        update_prototype_bank: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        features_unlabeled = l2_normalize_voxels(features_unlabeled)
+        prototypes, present = class_prototypes(features_unlabeled, pseudo_labels, reliable, self.num_classes)
+        bank = self.prototype_banks[net]
+        if update_prototype_bank:
+            prototypes, present = bank.update(prototypes, present)
+        elif bank.prototypes.numel() and config.prototype_momentum > 0:
+            prototypes, present = bank.prototypes, bank.present
+        sampled_features, sampled_labels = sample_uncertain_voxels(
+            features_unlabeled,
+            own_labels,
+            ~reliable,
+            config.contrast_sample_fraction,
+            config.contrast_max_samples_per_class,
+            generator=self.generator,
+            num_classes=self.num_classes,
+        )
+        if config.contrast_loss == "infonce":
+            term = prototype_infonce_loss(
+                sampled_features, sampled_labels, prototypes, present, config.contrast_temperature
+            )
+        else:
+            term = prototype_l2_loss(sampled_features, sampled_labels, prototypes, present)
+        return term, present
+
+    def _check_inputs(self, logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight) -> None:
+        if logits_a.shape != logits_b.shape:
+            raise ValueError(f"logits_a and logits_b differ in shape: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}")
+        if logits_a.ndim not in (4, 5) or logits_a.shape[1] != self.num_classes:
+            raise ValueError(
+                f"logits must be (N, C={self.num_classes}, *spatial) with 2 or 3 spatial axes, got {tuple(logits_a.shape)}"
+            )
+        if not 0 <= n_labeled <= logits_a.shape[0]:
+            raise ValueError(f"n_labeled={n_labeled} outside [0, {logits_a.shape[0]}] for logits {tuple(logits_a.shape)}")
+        if target_labeled is not None and target_labeled.shape[0] != n_labeled:
+            raise ValueError(f"target_labeled has {target_labeled.shape[0]} rows, n_labeled is {n_labeled}")
+        if self._contrast_active(contrast_weight) and logits_a.shape[0] > n_labeled:
+            if features_a is None or features_b is None:
+                raise ValueError(
+                    f"contrast_weight={contrast_weight} with config.contrast_weight={self.config.contrast_weight} "
+                    "needs features_a and features_b (decoder features of both networks)"
+                )
+            n_rows, n_unlabeled = logits_a.shape[0], logits_a.shape[0] - n_labeled
+            for name, features in (("features_a", features_a), ("features_b", features_b)):
+                if features.shape[0] not in (n_rows, n_unlabeled) or features.shape[2:] != logits_a.shape[2:]:
+                    raise ValueError(
+                        f"{name} must be (N={n_rows} or {n_unlabeled}, F, {tuple(logits_a.shape[2:])}) at full "
+                        f"resolution, got {tuple(features.shape)}"
+                    )
+
+
+UnlabeledObjective = DualNetworkObjective
+"""Alias: the name used in the design notes."""

@@ -1,0 +1,366 @@
+"""Voxel-prototype contrastive learning (term 6 of ``METHOD.md``, arXiv 2509.13084).
+
+Class prototypes are the normalised mean features of the reliable unlabelled voxels of each
+(pseudo-)class; a small random sample of the *uncertain* voxels, labelled by the network's own
+prediction, is pulled towards its class prototype and away from the others.
+
+Device-side throughout: prototypes are a one-hot matrix product, the sampling is one sort of random
+integer keys. The sample has a fixed size (``C * min(max_per_class, V)`` rows, unused rows labelled
+``-1``) so that no step waits for the host to learn how many voxels were drawn. Matrix products
+run with autocast disabled: a float16 sum over a million voxels overflows.
+"""
+from __future__ import annotations
+
+import math
+from typing import Literal, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_LABEL = -1
+"""Label of the padding rows of :func:`sample_uncertain_voxels` (dropped by the losses)."""
+
+# Sort keys are class * 2**31 + a random 31-bit integer: exact int64 arithmetic, so the sort groups
+# voxels by class and shuffles them within a class (float keys c + u may round up into class c + 1).
+_KEY_STRIDE = 2**31
+
+
+def _autocast_off(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _distributed_active(distributed: Optional[bool]) -> bool:
+    if distributed is None:
+        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return distributed
+
+
+@torch.no_grad()
+def class_prototypes(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    mask: torch.Tensor,
+    num_classes: int,
+    *,
+    distributed: Optional[bool] = None,
+    eps: float = 1e-12,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``μ_c = normalise(sum_v [m_v and y_v = c] f_v)``, the direction of the class-mean feature.
+
+    Normalising the sum equals normalising the mean, so no division by the count is needed. The
+    sums are ``features (B, F, V) @ one_hot (B, V, C+1)`` (masked-out voxels go to an extra column
+    that is dropped): one matrix product, deterministic, no per-class loop. Under
+    ``torch.distributed`` the per-class sums and counts are all-reduced first, so every rank gets
+    the same, global prototypes.
+
+    Args:
+        features: (B, F, *spatial) voxel features, usually L2-normalised per voxel; detached here.
+        labels: (B, *spatial) integer (pseudo-)labels in [0, C).
+        mask: (B, *spatial) bool: voxels that contribute (the reliable ones).
+        num_classes: C.
+        distributed: all-reduce over ranks; ``None`` = whenever a process group of more than one
+            rank is initialised.
+
+    Returns:
+        ``(prototypes, present)``: float32 (C, F), unit rows for present classes and zero rows
+        otherwise, detached; bool (C,), whether class c had any voxel.
+    """
+    expected = features.shape[:1] + features.shape[2:]
+    if labels.shape != expected or mask.shape != expected:
+        raise ValueError(
+            f"labels and mask must have shape {tuple(expected)} for features {tuple(features.shape)}, "
+            f"got {tuple(labels.shape)} and {tuple(mask.shape)}"
+        )
+    batch_size, feature_dim = features.shape[:2]
+    column = torch.where(mask.bool(), labels.long(), torch.full_like(labels, num_classes, dtype=torch.long))
+    column = column.reshape(batch_size, -1, 1)
+    with _autocast_off(features.device):
+        flat_features = features.detach().float().reshape(batch_size, feature_dim, -1)
+        one_hot = torch.zeros(
+            batch_size, column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
+        ).scatter_(2, column, 1.0)
+        class_sums = torch.bmm(flat_features, one_hot).sum(0).t()[:num_classes]  # (C, F)
+        class_counts = one_hot.sum((0, 1))[:num_classes]
+    if _distributed_active(distributed):
+        dist.all_reduce(class_sums)
+        dist.all_reduce(class_counts)
+    prototypes = F.normalize(class_sums, p=2.0, dim=1, eps=eps)
+    return prototypes, class_counts > 0
+
+
+class PrototypeBank(nn.Module):
+    """Class prototypes carried across iterations as an exponential moving average.
+
+    ``update(μ_t, present_t)``: for a class present now and before,
+    ``μ <- normalise(m μ + (1 - m) μ_t)``; present now only: ``μ <- μ_t``; present before only: the
+    stored prototype is kept (it stays present); never present: absent. With ``momentum == 0`` the
+    bank is just the current batch (an absent class has no prototype this step, as ``METHOD.md``
+    specifies for per-batch prototypes).
+
+    The prototypes and the presence flags are buffers, so they go into ``state_dict`` (and follow
+    ``.to(device)``). The feature width is taken from the first update unless given; loading a
+    state dict into a fresh bank adopts the stored width.
+
+    Args:
+        num_classes: C.
+        momentum: m in [0, 1).
+        feature_dim: F, if known up front.
+    """
+
+    prototypes: torch.Tensor
+    present: torch.Tensor
+
+    def __init__(self, num_classes: int, momentum: float = 0.0, feature_dim: Optional[int] = None):
+        super().__init__()
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        self.num_classes = num_classes
+        self.momentum = momentum
+        self.register_buffer("prototypes", torch.zeros(num_classes, feature_dim or 0))
+        self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
+
+    @torch.no_grad()
+    def update(self, prototypes: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Folds this step's prototypes (C, F) and presence flags (C,) in; returns the bank's."""
+        if prototypes.ndim != 2 or prototypes.shape[0] != self.num_classes or present.shape != (self.num_classes,):
+            raise ValueError(
+                f"expected prototypes ({self.num_classes}, F) and present ({self.num_classes},), got "
+                f"{tuple(prototypes.shape)} and {tuple(present.shape)}"
+            )
+        prototypes = prototypes.detach().float()
+        present = present.bool()
+        if self.prototypes.numel() == 0 or self.momentum == 0.0:
+            stored_prototypes = torch.zeros_like(prototypes)
+            stored_present = torch.zeros_like(present)
+        else:
+            if self.prototypes.shape != prototypes.shape:
+                raise ValueError(
+                    f"feature width changed: bank holds {tuple(self.prototypes.shape)}, got {tuple(prototypes.shape)}"
+                )
+            stored_prototypes = self.prototypes.to(prototypes.device)
+            stored_present = self.present.to(present.device)
+        blended = F.normalize(self.momentum * stored_prototypes + (1.0 - self.momentum) * prototypes, dim=1)
+        fresh_or_blended = torch.where((present & stored_present).unsqueeze(1), blended, prototypes)
+        new_prototypes = torch.where(present.unsqueeze(1), fresh_or_blended, stored_prototypes)
+        # Rebind rather than copy_: the tensors handed out last step may still be saved in a graph.
+        self.prototypes = new_prototypes
+        self.present = present | stored_present
+        return self.prototypes, self.present
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        stored = state_dict.get(prefix + "prototypes")
+        if stored is not None and self.prototypes.numel() == 0 and stored.shape != self.prototypes.shape:
+            self.prototypes = torch.zeros_like(stored, device=self.prototypes.device)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, momentum={self.momentum}, feature_dim={self.prototypes.shape[1]}"
+
+
+def sample_uncertain_voxels(
+    features: torch.Tensor,
+    own_labels: torch.Tensor,
+    uncertain_mask: torch.Tensor,
+    fraction: float,
+    max_per_class: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    num_classes: Optional[int] = None,
+    compact: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random uncertain voxels per class: ``min(ceil(fraction * n_c), max_per_class)`` of class c.
+
+    ``n_c`` = the number of uncertain voxels the network itself assigns to class c. One sort of
+    int64 keys ``c * 2^31 + random`` (certain voxels sort last) groups the candidates by class in a
+    random order; the first ``k_c`` of each group are taken. The result has a fixed size,
+    ``N = C * min(max_per_class, V)`` rows with ``V`` = all voxels, so nothing waits on the host; rows
+    beyond a class's quota carry the label ``-1`` (:data:`IGNORE_LABEL`) and are ignored by
+    :func:`prototype_infonce_loss` and :func:`prototype_l2_loss`. ``compact=True`` drops them (one
+    host synchronisation).
+
+    Args:
+        features: (B, F, *spatial) features; gradients flow into the sampled rows.
+        own_labels: (B, *spatial) integer labels in [0, C), the network's own argmax.
+        uncertain_mask: (B, *spatial) bool, the candidates (voxels that are not reliable).
+        fraction: fraction of each class's candidates to take (``METHOD.md``: 0.01).
+        max_per_class: cap per class.
+        generator: random generator on ``features.device``, for reproducibility.
+        num_classes: C; if omitted it is inferred as ``own_labels.max() + 1`` (a host sync) — pass it.
+        compact: drop the padding rows.
+
+    Returns:
+        ``(sampled_features (N, F), sampled_labels (N,) int64)``; features keep their dtype.
+    """
+    expected = features.shape[:1] + features.shape[2:]
+    if own_labels.shape != expected or uncertain_mask.shape != expected:
+        raise ValueError(
+            f"own_labels and uncertain_mask must have shape {tuple(expected)} for features {tuple(features.shape)}, "
+            f"got {tuple(own_labels.shape)} and {tuple(uncertain_mask.shape)}"
+        )
+    if not 0.0 <= fraction <= 1.0 or max_per_class < 0:
+        raise ValueError(f"need 0 <= fraction <= 1 and max_per_class >= 0, got {fraction} and {max_per_class}")
+    if num_classes is None:
+        num_classes = int(own_labels.max()) + 1 if own_labels.numel() else 1
+    device = features.device
+    batch_size, feature_dim = features.shape[:2]
+    voxels_per_item = math.prod(features.shape[2:])
+    num_voxels = batch_size * voxels_per_item
+    per_class = min(max_per_class, num_voxels)
+    if per_class == 0:
+        return features.new_zeros(0, feature_dim), torch.zeros(0, dtype=torch.long, device=device)
+
+    with torch.no_grad():
+        labels_flat = own_labels.reshape(-1).long()
+        random_keys = torch.randint(0, _KEY_STRIDE, (num_voxels,), generator=generator, device=device)
+        keys = torch.where(
+            uncertain_mask.reshape(-1).bool(),
+            labels_flat * _KEY_STRIDE + random_keys,
+            torch.full_like(labels_flat, num_classes * _KEY_STRIDE),
+        )
+        sorted_keys, order = torch.sort(keys)
+        class_starts = torch.searchsorted(sorted_keys, torch.arange(num_classes + 1, device=device) * _KEY_STRIDE)
+        candidates_per_class = class_starts[1:] - class_starts[:-1]
+        # The small epsilon keeps 0.01 * 700 = 7.000000000000001 from rounding up to 8.
+        quota = torch.ceil(candidates_per_class.double() * fraction - 1e-9).clamp(0, max_per_class).long()
+        offsets = torch.arange(per_class, device=device)
+        positions = (class_starts[:-1, None] + offsets).clamp_max(num_voxels - 1)
+        voxel_index = order[positions].reshape(-1)
+        class_of_row = torch.arange(num_classes, device=device)[:, None].expand(-1, per_class)
+        sampled_labels = torch.where(offsets < quota[:, None], class_of_row, IGNORE_LABEL).reshape(-1)
+        batch_index = voxel_index // voxels_per_item
+        spatial_index = voxel_index % voxels_per_item
+
+    # Advanced indices on dims 0 and 2 around a slice put the index dimension first: (N, F).
+    sampled_features = features.reshape(batch_size, feature_dim, voxels_per_item)[batch_index, :, spatial_index]
+    if compact:
+        keep = sampled_labels != IGNORE_LABEL
+        return sampled_features[keep], sampled_labels[keep]
+    return sampled_features, sampled_labels
+
+
+def _check_samples(sampled_features, sampled_labels, prototypes, present):
+    if sampled_features.ndim != 2 or sampled_labels.shape != sampled_features.shape[:1]:
+        raise ValueError(
+            f"expected sampled_features (N, F) and sampled_labels (N,), got {tuple(sampled_features.shape)} "
+            f"and {tuple(sampled_labels.shape)}"
+        )
+    if prototypes.ndim != 2 or prototypes.shape[1] != sampled_features.shape[1] or present.shape != prototypes.shape[:1]:
+        raise ValueError(
+            f"expected prototypes (C, {sampled_features.shape[1]}) and present (C,), got {tuple(prototypes.shape)} "
+            f"and {tuple(present.shape)}"
+        )
+
+
+def _usable_samples(sampled_labels: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Samples with a label whose class has a prototype, and labels safe to index with."""
+    safe_labels = sampled_labels.long().clamp(0, present.shape[0] - 1)
+    usable = (sampled_labels >= 0) & (sampled_labels < present.shape[0]) & present[safe_labels]
+    return usable, safe_labels
+
+
+def prototype_infonce_loss(
+    sampled_features: torch.Tensor,
+    sampled_labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    present: torch.Tensor,
+    temperature: float = 0.1,
+) -> torch.Tensor:
+    """InfoNCE against class prototypes: ``mean_i -log softmax_{c'}(f_i · μ_{c'} / t)[c_i]``.
+
+    The softmax runs over the *present* prototypes only (absent columns get the most negative
+    float32 logit, so they weigh nothing yet keep every value finite), computed by
+    ``F.cross_entropy`` on the logits (stable at small t, unlike ``exp(a) / sum(exp(b))``). The
+    prototypes are constants. Term 6 of ``METHOD.md``; the prototype form of the supervised
+    contrastive loss (Khosla et al., NeurIPS 2020), as in arXiv 2509.13084.
+
+    Samples labelled ``-1`` or whose class has no prototype are dropped. The loss is exactly 0 (and
+    attached to ``sampled_features``) when fewer than two prototypes are present or nothing is left.
+
+    Args:
+        sampled_features: (N, F) features (L2-normalised per voxel), e.g. from
+            :func:`sample_uncertain_voxels`.
+        sampled_labels: (N,) int labels, -1 = padding.
+        prototypes: (C, F) prototypes (detached here).
+        present: (C,) bool.
+        temperature: t > 0.
+
+    Returns:
+        0-dim float32 tensor.
+    """
+    _check_samples(sampled_features, sampled_labels, prototypes, present)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if sampled_features.shape[0] == 0:
+        return sampled_features.float().sum() * 0.0
+    present = present.bool()
+    usable, safe_labels = _usable_samples(sampled_labels, present)
+    with _autocast_off(sampled_features.device):
+        logits = sampled_features.float() @ prototypes.detach().float().t() / temperature
+        logits = logits.masked_fill(~present, torch.finfo(torch.float32).min)
+        cross_entropy = F.cross_entropy(logits, safe_labels, reduction="none")
+    loss = torch.where(usable, cross_entropy, torch.zeros_like(cross_entropy)).sum() / usable.sum().clamp_min(1)
+    return torch.where(present.sum() >= 2, loss, torch.zeros_like(loss))
+
+
+def _pairwise_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    # Clamped before the square root: d sqrt(s)/ds is infinite at s = 0 (cdist's backward at 0 is
+    # not safe across versions either).
+    squared = (x * x).sum(-1, keepdim=True) + (y * y).sum(-1) - 2.0 * x @ y.t()
+    return squared.clamp_min(1e-12).sqrt()
+
+
+def prototype_l2_loss(
+    sampled_features: torch.Tensor,
+    sampled_labels: torch.Tensor,
+    prototypes: torch.Tensor,
+    present: torch.Tensor,
+    margin: float = math.sqrt(2.0),
+) -> torch.Tensor:
+    """The released code's Euclidean pull, plus a separation term that actually separates.
+
+    ``L = mean_i ||f_i - μ_{c_i}||  +  mean_{a != b} max(0, margin - ||f̄_a - μ_b||)``
+
+    * pull: each sampled feature towards its class prototype (the released code's
+      ``cdist(candidates, prototype).mean()``, averaged over all samples rather than per class);
+    * separation: ``f̄_a`` = the normalised mean of the sampled features of class a. The released
+      code's third term, ``||μ_f - μ_b||``, is *minimised* (it pulls the prototypes together) and,
+      prototypes being constants, would pass no gradient anyway; here the class means of the
+      samples, which do carry gradient, are pushed away from the *other* classes' prototypes until
+      they are ``margin`` apart (default sqrt(2): orthogonal unit vectors, reachable by C classes
+      when F >= C). Pairs run over classes a with samples and b != a with a prototype.
+
+    Samples labelled ``-1`` or whose class has no prototype are dropped; exactly 0 (attached) when
+    fewer than two prototypes are present or nothing is left.
+
+    Args:
+        sampled_features: (N, F) L2-normalised features.
+        sampled_labels: (N,) int labels, -1 = padding.
+        prototypes: (C, F) unit prototypes (detached here).
+        present: (C,) bool.
+        margin: separation margin on the Euclidean distance of unit vectors, in [0, 2].
+
+    Returns:
+        0-dim float32 tensor.
+    """
+    _check_samples(sampled_features, sampled_labels, prototypes, present)
+    if sampled_features.shape[0] == 0:
+        return sampled_features.float().sum() * 0.0
+    present = present.bool()
+    num_classes = present.shape[0]
+    usable, safe_labels = _usable_samples(sampled_labels, present)
+    with _autocast_off(sampled_features.device):
+        features = sampled_features.float()
+        prototypes = prototypes.detach().float()
+        pull_distance = ((features - prototypes[safe_labels]) ** 2).sum(1).clamp_min(1e-12).sqrt()
+        pull = torch.where(usable, pull_distance, torch.zeros_like(pull_distance)).sum() / usable.sum().clamp_min(1)
+
+        sample_weight = F.one_hot(safe_labels, num_classes).float() * usable.unsqueeze(1).float()  # (N, C)
+        class_means = F.normalize(sample_weight.t() @ features, dim=1)  # (C, F)
+        has_samples = sample_weight.sum(0) > 0
+        pair_mask = has_samples[:, None] & present[None, :] & ~torch.eye(num_classes, dtype=torch.bool, device=present.device)
+        hinge = F.relu(margin - _pairwise_distance(class_means, prototypes))
+        separation = torch.where(pair_mask, hinge, torch.zeros_like(hinge)).sum() / pair_mask.sum().clamp_min(1)
+    loss = pull + separation
+    return torch.where(present.sum() >= 2, loss, torch.zeros_like(loss))

@@ -1,0 +1,1 @@
+"""The dual-network trainer base and the pieces it composes (networks, checkpoints, logging)."""

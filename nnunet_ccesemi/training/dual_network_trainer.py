@@ -1,0 +1,321 @@
+"""The dual-network trainer base: nnU-Net's trainer with a second network and an unlabelled stream.
+
+Everything nnU-Net does for one network (planning, augmentation, deep supervision, SGD with the poly
+schedule, AMP, ``torch.compile``, DDP, validation, checkpoints) it does here for two:
+
+* network A is the network nnU-Net plans (``build_network_architecture``), the one the stock
+  predictor loads from ``network_weights``; network B comes from the same plans
+  (:mod:`nnunet_ccesemi.training.networks`);
+* each iteration takes nnU-Net's labelled batch and an unlabelled batch of the same size, runs each
+  network once on both (concatenated: one forward per network), and adds the semi-supervised
+  objective of :mod:`nnunet_ccesemi.losses` to both networks' Dice+CE;
+* one SGD optimiser over both networks, one backward pass, each network clipped at norm 12.
+
+Subclasses choose the method by setting ``method_config`` (a frozen :class:`MethodConfig`): plain
+cross pseudo supervision, CCE, or an ablation.
+"""
+from __future__ import annotations
+
+from os.path import join
+from typing import List
+
+import matplotlib
+import numpy as np
+import torch
+from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.collate_outputs import collate_outputs
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
+from nnunetv2.utilities.helpers import dummy_context
+from torch import autocast
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from nnunet_ccesemi import __version__
+from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
+from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
+                                        preprocessing_fingerprint)
+from nnunet_ccesemi.data.stream import make_unlabeled_stream
+from nnunet_ccesemi.losses import DecoderFeatureHook, UnlabeledObjective, contrast_rampup, sigmoid_rampup
+from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint
+from nnunet_ccesemi.training.networks import build_peer_network, unwrap
+
+GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
+STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
+
+
+def labeled_part(output, n_labeled: int):
+    """The first ``n_labeled`` samples of a network output (a tensor or a deep-supervision list)."""
+    if isinstance(output, (list, tuple)):
+        return [o[:n_labeled] for o in output]
+    return output[:n_labeled]
+
+
+def full_resolution(output) -> torch.Tensor:
+    return output[0] if isinstance(output, (list, tuple)) else output
+
+
+class nnUNetTrainerDualNetwork(nnUNetTrainer):
+    """Two networks, labelled + unlabelled batches, the objective chosen by ``method_config``."""
+
+    method_config: MethodConfig = CPS_CONFIG
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.network_b = None
+        self.objective = None
+        self.dataloader_unlabeled = None
+        self._feature_hooks: list[DecoderFeatureHook] = []
+        self._iteration_in_epoch = 0
+        self.unlabeled_folder = preprocessed_unlabeled_folder(self.preprocessed_dataset_folder_base,
+                                                              self.configuration_manager.data_identifier)
+
+    # ------------------------------------------------------------------ set-up
+    def initialize(self):
+        if self.label_manager.has_regions:
+            raise ValueError(f"{self.__class__.__name__} needs mutually exclusive classes (softmax outputs); the "
+                             f"dataset.json of {self.plans_manager.dataset_name} defines regions.")
+        if self.is_cascaded:
+            raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
+                             f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
+        super().initialize()
+        config = self.method_config
+        network_b = build_peer_network(self.configuration_manager, self.num_input_channels,
+                                       self.label_manager.num_segmentation_heads, self.enable_deep_supervision,
+                                       config.peer_architecture, config.peer_blocks_per_stage).to(self.device)
+        if config.contrast_weight > 0:
+            # hooks go on the plain modules, before compile/DDP wrap them
+            self._feature_hooks = [DecoderFeatureHook(unwrap(net).decoder.stages[-1])
+                                   for net in (self.network, network_b)]
+        if self._do_i_compile():
+            network_b = torch.compile(network_b)
+        if self.is_ddp:
+            network_b = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(network_b), device_ids=[self.local_rank])
+        self.network_b = network_b
+        # super() built the optimiser over A alone; one optimiser over both keeps nnU-Net's schedule
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self.objective = UnlabeledObjective(config, self.label_manager.num_segmentation_heads).to(self.device)
+        n_params = [sum(p.numel() for p in unwrap(n).parameters()) for n in (self.network, self.network_b)]
+        self.print_to_log_file(
+            f"nnunet_ccesemi {__version__}: network A {unwrap(self.network).__class__.__name__} "
+            f"({n_params[0] / 1e6:.2f} M parameters), network B {unwrap(self.network_b).__class__.__name__} "
+            f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}")
+
+    def configure_optimizers(self):
+        optimizer, lr_scheduler = super().configure_optimizers()
+        if self.network_b is None:
+            return optimizer, lr_scheduler
+        parameters = list(self.network.parameters()) + list(self.network_b.parameters())
+        optimizer = torch.optim.SGD(parameters, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
+                                    nesterov=True)
+        return optimizer, type(lr_scheduler)(optimizer, self.initial_lr, self.num_epochs)
+
+    def set_deep_supervision_enabled(self, enabled: bool):
+        super().set_deep_supervision_enabled(enabled)
+        if self.network_b is not None:
+            unwrap(self.network_b).decoder.deep_supervision = enabled
+
+    # ------------------------------------------------------------------ data
+    def get_dataloaders(self):
+        # check the unlabelled cases before nnU-Net starts its workers: a missing folder is the common mistake
+        identifiers = self._unlabeled_identifiers()
+        dataloader_train, dataloader_val = super().get_dataloaders()
+        self.dataloader_unlabeled = self.get_unlabeled_dataloader(identifiers)
+        return dataloader_train, dataloader_val
+
+    def _unlabeled_identifiers(self) -> list[str]:
+        fingerprint = preprocessing_fingerprint(self.plans_manager.plans, self.configuration_manager.configuration)
+        return check_preprocessed_unlabeled(self.unlabeled_folder, fingerprint, self.plans_manager.dataset_name,
+                                            self.configuration_name, self.plans_manager.plans_name)
+
+    def get_unlabeled_dataloader(self, identifiers: list[str]):
+        """nnU-Net's loader and training transforms over the unlabelled cases (no deep-supervision targets)."""
+        rotation_for_da, do_dummy_2d_aug, initial_patch_size, mirror_axes = \
+            self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        transforms = self.get_training_transforms(
+            self.configuration_manager.patch_size, rotation_for_da, None, mirror_axes, do_dummy_2d_aug,
+            use_mask_for_norm=self.configuration_manager.use_mask_for_norm, is_cascaded=False,
+            foreground_labels=self.label_manager.foreground_labels, regions=None,
+            ignore_label=self.label_manager.ignore_label)
+        dataset = infer_dataset_class(self.unlabeled_folder)(self.unlabeled_folder, identifiers)
+        stream = make_unlabeled_stream(dataset, self.batch_size, initial_patch_size,
+                                       self.configuration_manager.patch_size, self.label_manager, transforms,
+                                       get_allowed_n_proc_DA(), pin_memory=self.device.type == "cuda")
+        next(stream)  # start the workers now, not inside the first timed iteration
+        return stream
+
+    # ------------------------------------------------------------------ training
+    def on_train_epoch_start(self):
+        super().on_train_epoch_start()
+        self.network_b.train()
+        self._iteration_in_epoch = 0
+
+    def _ramp_weights(self) -> tuple[float, float]:
+        """λ_u(t) and λ_c(t) of METHOD.md §2.7 at the current iteration."""
+        total = self.num_epochs * self.num_iterations_per_epoch
+        step = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+        config = self.method_config
+        unsup_weight = sigmoid_rampup(step, config.unsupervised_rampup_fraction * total)
+        contrast_weight = contrast_rampup(step, total, config.contrast_weight) if config.contrast_weight > 0 else 0.0
+        return unsup_weight, contrast_weight
+
+    def train_step(self, batch: dict) -> dict:
+        unlabeled = next(self.dataloader_unlabeled)
+        n_labeled = batch["data"].shape[0]
+        data = torch.cat((batch["data"], unlabeled["data"])).to(self.device, non_blocking=True)
+        target = batch["target"]
+        target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
+            else target.to(self.device, non_blocking=True)
+        unsup_weight, contrast_weight = self._ramp_weights()
+
+        self.optimizer.zero_grad(set_to_none=True)
+        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+            output_a = self.network(data)
+            output_b = self.network_b(data)
+            features_a, features_b = self._take_features()
+            supervised_a = self.loss(labeled_part(output_a, n_labeled), target)
+            supervised_b = self.loss(labeled_part(output_b, n_labeled), target)
+            unsupervised, stats = self.objective(
+                full_resolution(output_a), full_resolution(output_b), n_labeled=n_labeled,
+                target_labeled=full_resolution(target), features_a=features_a, features_b=features_b,
+                unsup_weight=unsup_weight, contrast_weight=contrast_weight)
+            loss = supervised_a + supervised_b + unsupervised
+        self._backward_and_step(loss)
+        self._iteration_in_epoch += 1
+
+        stats = {"supervised_a": supervised_a, "supervised_b": supervised_b, **stats}
+        # one device->host copy for all figures (nnU-Net pays one per step for its loss anyway)
+        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in stats.values()]).cpu().numpy()
+        return {"loss": values[0], **{STAT_PREFIX + k: v for k, v in zip(stats, values[1:])}}
+
+    def _take_features(self):
+        if not self._feature_hooks:
+            return None, None
+        features = tuple(hook.features for hook in self._feature_hooks)
+        for hook in self._feature_hooks:
+            hook.clear()
+        return features
+
+    def _backward_and_step(self, loss: torch.Tensor) -> None:
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(loss).backward()
+            self.grad_scaler.unscale_(self.optimizer)
+            self._clip_gradients()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+        else:
+            loss.backward()
+            self._clip_gradients()
+            self.optimizer.step()
+
+    def _clip_gradients(self) -> None:
+        for network in (self.network, self.network_b):
+            torch.nn.utils.clip_grad_norm_(network.parameters(), GRADIENT_CLIP_NORM)
+
+    def on_train_epoch_end(self, train_outputs: List[dict]):
+        super().on_train_epoch_end(train_outputs)
+        outputs = collate_outputs(train_outputs)
+        summary = []
+        for key in sorted(k for k in outputs if k.startswith(STAT_PREFIX)):
+            value = self._mean_over_ranks(outputs[key])
+            self._ensure_logger_key(key)
+            self.logger.log(key, value, self.current_epoch)
+            summary.append(f"{key[len(STAT_PREFIX):]} {value:.4f}")
+        self.print_to_log_file("semi-supervised: " + ", ".join(summary))
+
+    def _mean_over_ranks(self, values) -> float:
+        if self.is_ddp:
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, values)
+            values = [v for rank_values in gathered for v in rank_values]
+        return float(np.nanmean(values))
+
+    def _ensure_logger_key(self, key: str) -> None:
+        """nnU-Net's logger only accepts known keys, one value per epoch; pad for resumed older runs."""
+        logging = self.logger.local_logger.my_fantastic_logging
+        if key not in logging:
+            logging[key] = [float("nan")] * self.current_epoch
+
+    def on_validation_epoch_start(self):
+        super().on_validation_epoch_start()
+        self.network_b.eval()
+
+    def on_epoch_end(self):
+        super().on_epoch_end()  # increments current_epoch
+        if self.local_rank == 0:
+            self.plot_method_progress()
+
+    def plot_method_progress(self) -> None:
+        """``progress_ssl.png`` beside nnU-Net's ``progress.png``: every method statistic per epoch."""
+        matplotlib.use("agg")
+        import matplotlib.pyplot as plt
+
+        logging = self.logger.local_logger.my_fantastic_logging
+        keys = sorted(k for k in logging if k.startswith(STAT_PREFIX))
+        if not keys:
+            return
+        loss_keys = [k for k in keys if k[len(STAT_PREFIX):].startswith(("supervised", "loss"))]
+        other_keys = [k for k in keys if k not in loss_keys]
+        fig, axes = plt.subplots(2, 1, figsize=(14, 12))
+        for ax, group, ylabel in ((axes[0], loss_keys, "loss term"), (axes[1], other_keys, "value")):
+            for key in group:
+                ax.plot(range(len(logging[key])), logging[key], label=key[len(STAT_PREFIX):], linewidth=2)
+            ax.set_xlabel("epoch")
+            ax.set_ylabel(ylabel)
+            if group:
+                ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        fig.tight_layout()
+        fig.savefig(join(self.output_folder, "progress_ssl.png"))
+        plt.close(fig)
+
+    def on_train_end(self):
+        super().on_train_end()
+        if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
+            self.dataloader_unlabeled._finish()
+        self.dataloader_unlabeled = None
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, filename: str) -> None:
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        checkpoint = {
+            "network_weights": unwrap(self.network).state_dict(),
+            PEER_WEIGHTS_KEY: unwrap(self.network_b).state_dict(),
+            "objective_state": self.objective.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "method_config": self.method_config.as_dict(),
+            "ccesemi_version": __version__,
+        }
+        atomic_torch_save(checkpoint, filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = filename_or_checkpoint
+        if isinstance(filename_or_checkpoint, str):
+            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        check_dual_network_checkpoint(checkpoint, str(filename_or_checkpoint)[:200], self.__class__.__name__)
+        if isinstance(filename_or_checkpoint, str):
+            super().load_checkpoint(filename_or_checkpoint)  # nnU-Net's own loader accepts file names only
+        else:
+            raise TypeError("load_checkpoint expects a file name")
+        unwrap(self.network_b).load_state_dict(
+            {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})
+        if checkpoint.get("objective_state") is not None:
+            self.objective.load_state_dict(checkpoint["objective_state"])
+        saved_config = checkpoint.get("method_config")
+        if saved_config is not None and saved_config != self.method_config.as_dict():
+            self.print_to_log_file(f"WARNING: the checkpoint was trained with another method configuration: "
+                                   f"{saved_config}")

@@ -1,0 +1,87 @@
+"""Installs nnunet_ccesemi and makes its trainers visible to nnU-Net's stock CLI.
+
+nnU-Net 2.8 finds trainers outside its own package only through the folders named in
+``nnUNet_extTrainer``. We ship a one-line ``.pth`` file that adds the plugin's trainer folder to that
+variable at interpreter start, so ``nnUNetv2_train ... -tr nnUNetTrainerCPS`` works right after
+``pip install .`` or ``pip install -e .`` with nothing to export. ``build_py`` puts the file in regular
+wheels; the ``editable_wheel`` hook puts it in editable ones.
+"""
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+from setuptools.command.editable_wheel import editable_wheel
+
+HERE = Path(__file__).parent
+PTH_NAME = "nnunet_ccesemi.pth"
+# Must stay one line and must never raise: site.py runs it in every Python process of the environment.
+PTH_LINE = (
+    'import sys; exec("try:\\n import nnunet_ccesemi._discovery as d; d.register_trainer_folder()\\n'
+    'except Exception:\\n pass")\n'
+)
+
+
+def read_version() -> str:
+    for line in (HERE / "nnunet_ccesemi" / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=")[1].strip().strip("\"'")
+    raise RuntimeError("nnunet_ccesemi/__init__.py defines no __version__")
+
+
+class BuildPyWithPth(build_py):
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / PTH_NAME
+        target.write_text(PTH_LINE)
+
+
+class EditableWheelWithPth(editable_wheel):
+    def _install_namespaces(self, installation_dir, pth_prefix):
+        super()._install_namespaces(installation_dir, pth_prefix)
+        (Path(installation_dir) / PTH_NAME).write_text(PTH_LINE)
+
+
+setup(
+    name="nnunet_ccesemi",
+    version=read_version(),
+    description="Semi-supervised 3D segmentation for nnU-Net v2: dual networks, cross pseudo supervision, "
+                "entropy filtering, KL weighting and voxel-prototype contrast (CCE, arXiv 2509.13084)",
+    long_description=(HERE / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[
+        "nnunet_ccesemi",
+        "nnunet_ccesemi.losses",
+        "nnunet_ccesemi.data",
+        "nnunet_ccesemi.training",
+        "nnunet_ccesemi.cli",
+        "nnunet_ccesemi._nnunet_ext",
+        "nnunet_ccesemi.trainers",
+        "nnunet_ccesemi.dataset_conversion",
+    ],
+    package_dir={
+        "nnunet_ccesemi.trainers": "trainers",
+        "nnunet_ccesemi.dataset_conversion": "dataset_conversion",
+    },
+    package_data={"nnunet_ccesemi.dataset_conversion": ["splits/*.list"]},
+    install_requires=[
+        "nnunetv2>=2.8.1,<2.9",
+        "torch>=2.1",
+        "batchgeneratorsv2>=0.3",
+        "dynamic-network-architectures>=0.4.1",
+        "acvl-utils>=0.2",
+        "numpy",
+        "SimpleITK>=2.2",
+        "h5py>=3.8",
+    ],
+    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "medpy>=0.5"]},
+    entry_points={
+        "console_scripts": [
+            "nnUNetv2_ccesemi_preprocess_unlabeled = nnunet_ccesemi.cli.preprocess_unlabeled:main",
+            "nnUNetv2_ccesemi_add_cpu_config = nnunet_ccesemi.cli.add_cpu_config:main",
+            "nnUNetv2_ccesemi_demo = nnunet_ccesemi.cli.demo:main",
+            "nnUNetv2_ccesemi_convert_LA = nnunet_ccesemi.dataset_conversion.convert_LA:main",
+        ]
+    },
+    cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},
+)

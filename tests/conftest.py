@@ -1,0 +1,73 @@
+"""Shared fixtures: a clean nnU-Net environment and a tiny synthetic dataset, planned once per session."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from os.path import join
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+BIN = Path(sys.executable).parent
+DATASET_ID = 777
+TINY_SPEC_KWARGS = dict(n_labeled=4, n_unlabeled=4, n_test=2, shape=(16, 32, 32), seed=1)
+
+
+def clean_env(root: Path, **extra: str) -> dict:
+    """What a new shell of a user has: PATH, HOME and nnU-Net's three folders; no nnUNet_extTrainer."""
+    env = {
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+        "HOME": os.environ.get("HOME", str(root)),
+        "LANG": "C.UTF-8",
+        "nnUNet_raw": str(root / "nnUNet_raw"),
+        "nnUNet_preprocessed": str(root / "nnUNet_preprocessed"),
+        "nnUNet_results": str(root / "nnUNet_results"),
+        # two background augmenters per stream on a 2-core machine, as nnU-Net would pick
+        "nnUNet_n_proc_DA": "2",
+        "OMP_NUM_THREADS": "2",
+    }
+    env.update(extra)
+    return env
+
+
+def run_cli(args: list[str], env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\nSTDOUT:\n{result.stdout[-4000:]}"
+                             f"\nSTDERR:\n{result.stderr[-4000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def planned_dataset(tmp_path_factory):
+    """Tiny synthetic dataset after plan_and_preprocess, unlabelled preprocessing and add_cpu_config."""
+    from nnunet_ccesemi.data.synthetic import SyntheticSpec, write_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("nnunet")
+    env = clean_env(root)
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[variable])
+    raw_folder = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "Tiny", SyntheticSpec(**TINY_SPEC_KWARGS))
+    run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
+             "--verify_dataset_integrity"], env)
+    run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"], env)
+    run_cli(["nnUNetv2_ccesemi_add_cpu_config", "-d", str(DATASET_ID), "--base-features", "8",
+             "--max-features", "32"], env)
+    return {"root": root, "env": env, "raw": Path(raw_folder),
+            "preprocessed": Path(env["nnUNet_preprocessed"]) / f"Dataset{DATASET_ID:03d}_Tiny",
+            "results": Path(env["nnUNet_results"]) / f"Dataset{DATASET_ID:03d}_Tiny"}
+
+
+def copy_dataset(planned: dict, destination: Path) -> dict:
+    """An independent copy of the planned dataset, for tests that damage it."""
+    shutil.copytree(planned["root"], destination)
+    env = clean_env(destination)
+    return {**planned, "root": destination, "env": env,
+            "raw": destination / "nnUNet_raw" / planned["raw"].name,
+            "preprocessed": destination / "nnUNet_preprocessed" / planned["preprocessed"].name,
+            "results": destination / "nnUNet_results" / planned["results"].name}

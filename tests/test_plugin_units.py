@@ -1,0 +1,195 @@
+"""Unit tests of the plugin's pieces that need no training: discovery, networks, layout, CPU plans."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+import torch
+
+from nnunet_ccesemi import _discovery
+from nnunet_ccesemi.config import CCE_CONFIG, CPS_CONFIG, MethodConfig
+from nnunet_ccesemi.data.layout import UnlabeledDataError, find_unlabeled_cases
+from tests.conftest import REPO_ROOT
+
+
+# ---------------------------------------------------------------- discovery
+def test_register_appends_and_keeps_user_folders():
+    env = {"nnUNet_extTrainer": "/my/trainers"}
+    _discovery.register_trainer_folder(env)
+    _discovery.register_trainer_folder(env)  # idempotent
+    assert env["nnUNet_extTrainer"].split(os.pathsep) == ["/my/trainers", _discovery.TRAINER_FOLDER]
+
+
+def test_register_on_empty_environment():
+    env = {}
+    _discovery.register_trainer_folder(env)
+    assert env["nnUNet_extTrainer"] == _discovery.TRAINER_FOLDER
+
+
+def test_new_interpreter_finds_trainers_without_any_variable():
+    """The installed .pth sets the variable at start-up; nnU-Net's own lookup then finds our class."""
+    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
+            "import pickle; c = f('nnUNetTrainerCPS'); print(c.__module__); pickle.dumps(c)")
+    env = {k: v for k, v in os.environ.items() if k != "nnUNet_extTrainer"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "nnunet_ccesemi.trainers.cps"
+
+
+def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
+    """``pip install .`` path: the wheel carries the .pth hook, and trainers/ only inside the package."""
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True)
+    wheel = next(tmp_path.glob("nnunet_ccesemi-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "nnunet_ccesemi.pth" in names
+    assert "nnunet_ccesemi/trainers/cps.py" in names
+    assert "nnunet_ccesemi/dataset_conversion/convert_LA.py" in names
+    assert "nnunet_ccesemi/_nnunet_ext/nnunet_ccesemi_trainers.py" in names
+    assert not any(n.startswith(("trainers/", "dataset_conversion/", "tests/")) for n in names)
+
+
+# ---------------------------------------------------------------- configuration
+def test_config_is_frozen_and_validated():
+    with pytest.raises(Exception):
+        CCE_CONFIG.entropy_quantile = 0.5
+    with pytest.raises(ValueError, match="entropy_quantile"):
+        MethodConfig(entropy_quantile=0.0)
+    with pytest.raises(ValueError, match="pseudo_label_rule"):
+        MethodConfig(pseudo_label_rule="majority")
+
+
+def test_cps_config_switches_off_everything_but_cps():
+    assert CPS_CONFIG.cps_weight > 0 and not CPS_CONFIG.kl_weighting
+    assert CPS_CONFIG.entropy_filter_weight == CPS_CONFIG.contrast_weight == CPS_CONFIG.cosine_weight == 0
+    assert CPS_CONFIG.disagreement_weight == 0
+
+
+# ---------------------------------------------------------------- networks
+def _configuration_manager(class_name="PlainConvUNet", n_stages=4):
+    from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+
+    kwargs = {
+        "n_stages": n_stages, "features_per_stage": [8, 16, 32, 32][:n_stages],
+        "conv_op": "torch.nn.modules.conv.Conv3d", "kernel_sizes": [[3, 3, 3]] * n_stages,
+        "strides": [[1, 1, 1]] + [[2, 2, 2]] * (n_stages - 1),
+        "n_conv_per_stage_decoder": [1] * (n_stages - 1), "conv_bias": True,
+        "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+        "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+        "nonlin_kwargs": {"inplace": True},
+    }
+    if class_name == "PlainConvUNet":
+        kwargs["n_conv_per_stage"] = [2] * n_stages
+    else:
+        kwargs["n_blocks_per_stage"] = [1, 2, 2, 2][:n_stages]
+    return ConfigurationManager({
+        "data_identifier": "x", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+        "patch_size": [16, 16, 16], "spacing": [1, 1, 1],
+        "architecture": {"network_class_name": f"dynamic_network_architectures.architectures.unet.{class_name}",
+                         "arch_kwargs": kwargs, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op",
+                                                                        "nonlin"]}})
+
+
+@pytest.mark.parametrize("a_class, kind, b_class", [
+    ("PlainConvUNet", "residual", "ResidualEncoderUNet"),
+    ("ResidualEncoderUNet", "residual", "PlainConvUNet"),
+    ("PlainConvUNet", "same", "PlainConvUNet"),
+])
+def test_peer_network_family_and_output_shape(a_class, kind, b_class):
+    from nnunet_ccesemi.training.networks import build_peer_network
+
+    network_b = build_peer_network(_configuration_manager(a_class), 1, 3, True, kind, (1, 3, 4, 6, 6, 6))
+    assert network_b.__class__.__name__ == b_class
+    outputs = network_b(torch.zeros(1, 1, 16, 16, 16))
+    assert [tuple(o.shape) for o in outputs][:2] == [(1, 3, 16, 16, 16), (1, 3, 8, 8, 8)]
+
+
+def test_peer_network_has_its_own_initialisation():
+    from nnunet_ccesemi.training.networks import build_peer_network
+
+    cm = _configuration_manager()
+    a = build_peer_network(cm, 1, 2, False, "same", (1,))
+    b = build_peer_network(cm, 1, 2, False, "same", (1,))
+    first = next(iter(a.state_dict()))
+    assert not torch.equal(a.state_dict()[first], b.state_dict()[first])
+
+
+def test_peer_network_rejects_unknown_architecture():
+    from nnunet_ccesemi.training.networks import peer_architecture
+
+    cm = _configuration_manager()
+    cm.configuration["architecture"]["network_class_name"] = "my.models.FancyNet"
+    with pytest.raises(ValueError, match="peer_architecture='same'"):
+        peer_architecture(cm, "residual", (1,))
+
+
+# ---------------------------------------------------------------- raw unlabelled layout
+def _touch(folder, *names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")
+
+
+DATASET_JSON = {"channel_names": {"0": "T1", "1": "T2"}, "file_ending": ".nii.gz", "labels": {"background": 0}}
+
+
+def test_find_unlabeled_cases_groups_channels(tmp_path):
+    _touch(tmp_path / "imagesUnlabeled", "b_0001.nii.gz", "b_0000.nii.gz", "a_1_0000.nii.gz", "a_1_0001.nii.gz")
+    cases = find_unlabeled_cases(str(tmp_path), DATASET_JSON)
+    assert list(cases) == ["a_1", "b"]
+    assert [os.path.basename(p) for p in cases["b"]] == ["b_0000.nii.gz", "b_0001.nii.gz"]
+
+
+@pytest.mark.parametrize("files, message", [
+    (None, "does not exist"),
+    ([], "holds no"),
+    (["a_0000.nii.gz"], "expects exactly _0000 (T1), _0001 (T2)"),
+    (["a_0000.nrrd", "a_0001.nrrd"], "not named <case>_<XXXX>.nii.gz"),
+    (["a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"], "has channel files _0000, _0001, _0002"),
+])
+def test_find_unlabeled_cases_errors(tmp_path, files, message):
+    if files is not None:
+        _touch(tmp_path / "imagesUnlabeled", *files)
+    with pytest.raises(UnlabeledDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        find_unlabeled_cases(str(tmp_path), DATASET_JSON)
+
+
+def test_find_unlabeled_cases_refuses_labelled_ids(tmp_path):
+    _touch(tmp_path / "imagesUnlabeled", "a_0000.nii.gz", "a_0001.nii.gz")
+    with pytest.raises(UnlabeledDataError, match="also labelled"):
+        find_unlabeled_cases(str(tmp_path), DATASET_JSON, labeled_identifiers=["a"])
+
+
+# ---------------------------------------------------------------- CPU configuration
+def test_shrink_patch_respects_budget_and_aspect():
+    from nnunet_ccesemi.cli.add_cpu_config import shrink_patch
+
+    patch = shrink_patch([48, 80, 96], [1.25] * 3, 32 * 64 * 64)
+    assert patch[0] * patch[1] * patch[2] <= 32 * 64 * 64 * 1.05
+    assert patch[0] < patch[1] < patch[2]
+    assert shrink_patch([16, 32, 32], [1, 1, 1], 32 * 64 * 64) == [16, 32, 32]
+
+
+def test_cpu_configuration_is_a_valid_network():
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ccesemi.cli.add_cpu_config import count_parameters, cpu_configuration
+
+    cm = _configuration_manager()
+    source = {**cm.configuration, "patch_size": [48, 80, 96], "spacing": [1.25, 1.25, 1.25]}
+    plans = {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
+             "original_median_shape_after_transp": [48, 80, 96], "image_reader_writer": "SimpleITKIO",
+             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": source},
+             "experiment_planner_used": "x", "label_manager": "LabelManager",
+             "foreground_intensity_properties_per_channel": {}}
+    plans["configurations"]["3d_cpu"] = cpu_configuration(plans, "3d_fullres", None, 32 * 64 * 64, 16, 128, 2)
+    config = PlansManager(plans).get_configuration("3d_cpu")
+    assert config.data_identifier == "x"  # reuses 3d_fullres' preprocessed data
+    assert config.batch_size == 2 and max(config.network_arch_init_kwargs["features_per_stage"]) <= 128
+    dataset_json = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}
+    n_parameters = count_parameters(plans, "3d_cpu", dataset_json)
+    assert 0.2e6 < n_parameters < 5e6
+    json.dumps(plans)  # still serialisable

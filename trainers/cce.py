@@ -1,0 +1,44 @@
+"""CCE (arXiv 2509.13084) and its ablations: METHOD.md §3, one configuration each."""
+from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG
+from nnunet_ccesemi.training.budgets import ShortBudget
+from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
+
+
+class nnUNetTrainerCCE(nnUNetTrainerDualNetwork):
+    method_config = CCE_CONFIG
+
+
+class nnUNetTrainerCCE_noEntropyFilter(nnUNetTrainerCCE):
+    method_config = CCE_CONFIG.replace(filter_entropy=False)
+
+
+class nnUNetTrainerCCE_noKLWeight(nnUNetTrainerCCE):
+    method_config = CCE_CONFIG.replace(kl_weighting=False)
+
+
+class nnUNetTrainerCCE_noContrast(nnUNetTrainerCCE):
+    method_config = CCE_CONFIG.replace(contrast_weight=0.0)
+
+
+class nnUNetTrainerCCE_releasedCode(nnUNetTrainerCCE):
+    method_config = CCE_RELEASED_CODE_CONFIG
+
+
+class nnUNetTrainerCCE_5epochs(ShortBudget, nnUNetTrainerCCE):
+    pass
+
+
+class nnUNetTrainerCCE_noEntropyFilter_5epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
+    pass
+
+
+class nnUNetTrainerCCE_noKLWeight_5epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
+    pass
+
+
+class nnUNetTrainerCCE_noContrast_5epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
+    pass
+
+
+class nnUNetTrainerCCE_releasedCode_5epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
+    pass

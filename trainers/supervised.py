@@ -1,0 +1,8 @@
+"""nnU-Net's own supervised trainer at the short variants' budget, for like-for-like comparisons."""
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_ccesemi.training.budgets import ShortBudget
+
+
+class nnUNetTrainerSupervised_5epochs(ShortBudget, nnUNetTrainer):
+    pass
