@@ -194,7 +194,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_name: str) -> 
 
 
 def add_split_arguments(parser: argparse.ArgumentParser, default_labeled: int) -> None:
-    """``--labeled``/``--labeled-fraction``, ``--train-list``, ``--test-list``, ``--exclude-list``."""
+    """The split options: how many labelled cases, and the train, test and exclude lists."""
     amount = parser.add_mutually_exclusive_group()
     amount.add_argument("--labeled", type=int, default=None,
                         help=f"labelled cases: the first N of the train list "
@@ -305,11 +305,6 @@ def _move_into_place(temporary: Path, target: Path) -> None:
 # --------------------------------------------------------------------------------------------
 # Running the cases
 # --------------------------------------------------------------------------------------------
-def progress(iterable: Iterable, total: int, desc: str) -> Iterable:
-    """A tqdm progress bar on stderr, one step a case."""
-    return tqdm(iterable, total=total, desc=desc, unit="case", dynamic_ncols=True)
-
-
 def run_cases(worker: Callable[[JobT], ResultT], jobs: Sequence[JobT], num_processes: int,
               desc: str) -> list[ResultT]:
     """``[worker(job) for job in jobs]`` with a progress bar, in worker processes if asked.
@@ -318,11 +313,19 @@ def run_cases(worker: Callable[[JobT], ResultT], jobs: Sequence[JobT], num_proce
     (not forked) so the workers start clean. The first exception stops the run (remaining
     workers are terminated) and is re-raised here.
     """
-    if num_processes <= 1 or len(jobs) <= 1:
-        return [worker(job) for job in progress(jobs, len(jobs), desc)]
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(min(num_processes, len(jobs))) as pool:
-        return list(progress(pool.imap(worker, jobs), len(jobs), desc))
+    results: list[ResultT] = []
+    with tqdm(total=len(jobs), desc=desc, unit="case", dynamic_ncols=True) as bar:
+        if num_processes <= 1 or len(jobs) <= 1:
+            for job in jobs:
+                results.append(worker(job))
+                bar.update()
+        else:
+            context = multiprocessing.get_context("spawn")
+            with context.Pool(min(num_processes, len(jobs))) as pool:
+                for result in pool.imap(worker, jobs):
+                    results.append(result)
+                    bar.update()
+    return results
 
 
 # --------------------------------------------------------------------------------------------
@@ -378,7 +381,7 @@ def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, labe
 
 
 def _rounded(values: Sequence[float]) -> tuple:
-    return tuple(round(float(v), 6) for v in values)
+    return tuple(v if isinstance(v, int) else round(float(v), 6) for v in values)
 
 
 def check_label_values(label_array: np.ndarray, allowed: Iterable[int], path: Path) -> None:
@@ -390,6 +393,12 @@ def check_label_values(label_array: np.ndarray, allowed: Iterable[int], path: Pa
         more = f" and {unexpected.size - 10} more" if unexpected.size > 10 else ""
         raise ConversionError(f"{path}: label values {shown}{more} found; expected only "
                               f"{', '.join(str(v) for v in allowed)}")
+
+
+def name_files(paths: Sequence[object], limit: int = 10) -> str:
+    """Up to ``limit`` paths, comma-separated, then how many more."""
+    shown = ", ".join(str(p) for p in paths[:limit])
+    return shown + (f" and {len(paths) - limit} more" if len(paths) > limit else "")
 
 
 def write_image(image: sitk.Image, path: Path) -> None:

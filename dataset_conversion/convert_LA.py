@@ -49,7 +49,8 @@ import SimpleITK as sitk
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
                      check_label_values, check_same_grid, check_scalar_volume, command_line,
-                     dataset_folder_name, describe_list, make_split, read_case_list, read_image,
+                     dataset_folder_name, describe_list, make_split, name_files, read_case_list,
+                     read_image,
                      resolve_num_labeled, resolve_output_root, run_cases, shipped_list,
                      write_dataset_json, write_image)
 
@@ -141,8 +142,9 @@ def required_files(kind: str, case_dir: Path, with_label: bool) -> list[Path]:
 # --------------------------------------------------------------------------------------------
 def _h5_array(h5_file: h5py.File, key: str, path: Path) -> np.ndarray:
     if key not in h5_file:
-        raise ConversionError(f"{path} has no dataset '{key}' (found: {', '.join(h5_file.keys())}); "
-                              f"expected datasets 'image' and 'label'")
+        found = ", ".join(h5_file.keys()) or "none"
+        raise ConversionError(f"{path} has no dataset '{key}' (found: {found}); expected "
+                              f"datasets 'image' and 'label'")
     array = h5_file[key][()]
     if array.ndim != 3:
         raise ConversionError(f"{path}: dataset '{key}' has shape {array.shape}; expected a 3D "
@@ -218,7 +220,7 @@ def build_split(args: argparse.Namespace) -> tuple[Split, dict]:
     exclude_list = Path(args.exclude_list) if args.exclude_list else None
     train_ids, test_ids = read_case_list(train_list), read_case_list(test_list)
     excluded = read_case_list(exclude_list) if exclude_list else []
-    num_train = len([i for i in train_ids if i not in set(excluded)])
+    num_train = len(set(train_ids) - set(excluded))
     num_labeled = resolve_num_labeled(num_train, args.labeled, args.labeled_fraction,
                                       DEFAULT_LABELED)
     split = make_split(train_ids, test_ids, num_labeled, excluded)
@@ -237,7 +239,7 @@ def check_cases_present(split: Split, layout: SourceLayout) -> tuple[Split, list
 
     Raises:
         ConversionError: labelled/unlabelled IDs without a case folder (all named), or a case
-            folder without a file it needs (all named).
+            folder without a file it needs (the first ten named).
     """
     absent = [i for i in split.labeled + split.unlabeled if not (layout.cases_dir / i).is_dir()]
     if absent:
@@ -251,7 +253,7 @@ def check_cases_present(split: Split, layout: SourceLayout) -> tuple[Split, list
                for path in required_files(layout.kind, layout.cases_dir / case_id, with_label)
                if not path.is_file()]
     if missing:
-        raise ConversionError(f"missing file(s) ({layout.kind} layout): {', '.join(missing)}")
+        raise ConversionError(f"missing file(s) ({layout.kind} layout): {name_files(missing)}")
     return dataclasses.replace(split, test=test_present), test_absent
 
 

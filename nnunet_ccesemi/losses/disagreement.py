@@ -54,7 +54,9 @@ def confident_disagreement_loss(
         target = target[:, 0]
     expected = probs_student.shape[:1] + probs_student.shape[2:]
     if target.shape != expected:
-        raise ValueError(f"target must have shape {tuple(expected)} (or with a channel of 1), got {tuple(target.shape)}")
+        raise ValueError(
+            f"target must have shape {tuple(expected)} (or with a channel of 1), got {tuple(target.shape)}"
+        )
     target = target.long()
     with torch.no_grad():
         disagreement_mask = _confident_foreground(probs_a, confidence) ^ _confident_foreground(probs_b, confidence)

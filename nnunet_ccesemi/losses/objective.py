@@ -253,15 +253,22 @@ class DualNetworkObjective(nn.Module):
             term = prototype_l2_loss(sampled_features, sampled_labels, prototypes, present)
         return term, present
 
-    def _check_inputs(self, logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight) -> None:
+    def _check_inputs(
+        self, logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight
+    ) -> None:
         if logits_a.shape != logits_b.shape:
-            raise ValueError(f"logits_a and logits_b differ in shape: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}")
+            raise ValueError(
+                f"logits_a and logits_b differ in shape: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}"
+            )
         if logits_a.ndim not in (4, 5) or logits_a.shape[1] != self.num_classes:
             raise ValueError(
-                f"logits must be (N, C={self.num_classes}, *spatial) with 2 or 3 spatial axes, got {tuple(logits_a.shape)}"
+                f"logits must be (N, C={self.num_classes}, *spatial) with 2 or 3 spatial axes, "
+                f"got {tuple(logits_a.shape)}"
             )
         if not 0 <= n_labeled <= logits_a.shape[0]:
-            raise ValueError(f"n_labeled={n_labeled} outside [0, {logits_a.shape[0]}] for logits {tuple(logits_a.shape)}")
+            raise ValueError(
+                f"n_labeled={n_labeled} outside [0, {logits_a.shape[0]}] for logits {tuple(logits_a.shape)}"
+            )
         if target_labeled is not None and target_labeled.shape[0] != n_labeled:
             raise ValueError(f"target_labeled has {target_labeled.shape[0]} rows, n_labeled is {n_labeled}")
         if self._contrast_active(contrast_weight) and logits_a.shape[0] > n_labeled:

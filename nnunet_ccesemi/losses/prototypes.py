@@ -12,7 +12,7 @@ run with autocast disabled: a float16 sum over a million voxels overflows.
 from __future__ import annotations
 
 import math
-from typing import Literal, Optional
+from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -149,11 +149,13 @@ class PrototypeBank(nn.Module):
         self.present = present | stored_present
         return self.prototypes, self.present
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A fresh bank does not know the feature width yet: adopt the stored one instead of
+        # reporting a size mismatch.
         stored = state_dict.get(prefix + "prototypes")
         if stored is not None and self.prototypes.numel() == 0 and stored.shape != self.prototypes.shape:
             self.prototypes = torch.zeros_like(stored, device=self.prototypes.device)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, momentum={self.momentum}, feature_dim={self.prototypes.shape[1]}"
@@ -246,7 +248,8 @@ def _check_samples(sampled_features, sampled_labels, prototypes, present):
             f"expected sampled_features (N, F) and sampled_labels (N,), got {tuple(sampled_features.shape)} "
             f"and {tuple(sampled_labels.shape)}"
         )
-    if prototypes.ndim != 2 or prototypes.shape[1] != sampled_features.shape[1] or present.shape != prototypes.shape[:1]:
+    feature_dim = sampled_features.shape[1]
+    if prototypes.ndim != 2 or prototypes.shape[1] != feature_dim or present.shape != prototypes.shape[:1]:
         raise ValueError(
             f"expected prototypes (C, {sampled_features.shape[1]}) and present (C,), got {tuple(prototypes.shape)} "
             f"and {tuple(present.shape)}"
@@ -356,10 +359,14 @@ def prototype_l2_loss(
         pull_distance = ((features - prototypes[safe_labels]) ** 2).sum(1).clamp_min(1e-12).sqrt()
         pull = torch.where(usable, pull_distance, torch.zeros_like(pull_distance)).sum() / usable.sum().clamp_min(1)
 
-        sample_weight = F.one_hot(safe_labels, num_classes).float() * usable.unsqueeze(1).float()  # (N, C)
+        # scatter, not F.one_hot: one_hot validates its input range on the host (a sync on some devices).
+        sample_weight = torch.zeros(features.shape[0], num_classes, device=features.device).scatter_(
+            1, safe_labels.unsqueeze(1), usable.unsqueeze(1).float()
+        )  # (N, C)
         class_means = F.normalize(sample_weight.t() @ features, dim=1)  # (C, F)
         has_samples = sample_weight.sum(0) > 0
-        pair_mask = has_samples[:, None] & present[None, :] & ~torch.eye(num_classes, dtype=torch.bool, device=present.device)
+        other_class = ~torch.eye(num_classes, dtype=torch.bool, device=present.device)
+        pair_mask = has_samples[:, None] & present[None, :] & other_class
         hinge = F.relu(margin - _pairwise_distance(class_means, prototypes))
         separation = torch.where(pair_mask, hinge, torch.zeros_like(hinge)).sum() / pair_mask.sum().clamp_min(1)
     loss = pull + separation

@@ -17,6 +17,7 @@ cross pseudo supervision, CCE, or an ablation.
 from __future__ import annotations
 
 from os.path import join
+from time import perf_counter
 from typing import List
 
 import matplotlib
@@ -37,7 +38,7 @@ from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
                                         preprocessing_fingerprint)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
-from nnunet_ccesemi.losses import DecoderFeatureHook, UnlabeledObjective, contrast_rampup, sigmoid_rampup
+from nnunet_ccesemi.losses import DecoderFeatureHook, DualNetworkObjective, contrast_rampup, sigmoid_rampup
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
@@ -96,7 +97,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.network_b = network_b
         # super() built the optimiser over A alone; one optimiser over both keeps nnU-Net's schedule
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
-        self.objective = UnlabeledObjective(config, self.label_manager.num_segmentation_heads).to(self.device)
+        self.objective = DualNetworkObjective(config, self.label_manager.num_segmentation_heads,
+                                              ignore_index=self.label_manager.ignore_label).to(self.device)
         n_params = [sum(p.numel() for p in unwrap(n).parameters()) for n in (self.network, self.network_b)]
         self.print_to_log_file(
             f"nnunet_ccesemi {__version__}: network A {unwrap(self.network).__class__.__name__} "
@@ -162,7 +164,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         return unsup_weight, contrast_weight
 
     def train_step(self, batch: dict) -> dict:
+        wait_started = perf_counter()
         unlabeled = next(self.dataloader_unlabeled)
+        unlabeled_wait_s = perf_counter() - wait_started
         n_labeled = batch["data"].shape[0]
         data = torch.cat((batch["data"], unlabeled["data"])).to(self.device, non_blocking=True)
         target = batch["target"]
@@ -188,7 +192,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         stats = {"supervised_a": supervised_a, "supervised_b": supervised_b, **stats}
         # one device->host copy for all figures (nnU-Net pays one per step for its loss anyway)
         values = torch.stack([loss.detach().float()] + [v.detach().float() for v in stats.values()]).cpu().numpy()
-        return {"loss": values[0], **{STAT_PREFIX + k: v for k, v in zip(stats, values[1:])}}
+        return {"loss": values[0], STAT_PREFIX + "unlabeled_wait_s": unlabeled_wait_s,
+                **{STAT_PREFIX + k: v for k, v in zip(stats, values[1:])}}
 
     def _take_features(self):
         if not self._feature_hooks:

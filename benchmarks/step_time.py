@@ -1,0 +1,167 @@
+"""Per-iteration time and memory of nnUNetTrainer, the dual-network trainers, and the bare floor.
+
+Builds each trainer on an already planned and preprocessed dataset (unlabelled cases included), runs
+its real ``train_step`` on its real loaders, and times iterations after a warm-up. The floor is
+forward+backward of network A and network B on the concatenated labelled+unlabelled batch with
+random tensors and nnU-Net's Dice+CE (what any dual-network step must pay), measured in the same run.
+
+    python benchmarks/step_time.py -d 601 -c 3d_cpu --iterations 20 --device cpu
+
+Prints one line per trainer: mean and median seconds per iteration, the ratio to the first trainer
+and to the floor, the unlabelled-batch wait, and peak memory (CPU RSS; CUDA max allocated).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from os.path import join
+
+import torch
+
+DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerCCE")
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # kB on Linux
+
+
+def build_trainer(name: str, dataset: str, configuration: str, plans_identifier: str, device: torch.device):
+    from nnunetv2.paths import nnUNet_preprocessed
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    folder = join(os.fspath(nnUNet_preprocessed), maybe_convert_to_dataset_name(dataset))
+    with open(join(folder, plans_identifier + ".json")) as f:
+        plans = json.load(f)
+    with open(join(folder, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    plans["continue_training"] = False  # nnUNetTrainer.__init__ pops it
+    trainer_class = recursive_find_trainer_class_by_name(name)
+    return trainer_class(plans=plans, configuration=configuration, fold="all", dataset_json=dataset_json,
+                         device=device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_trainer(trainer, iterations: int, warmup: int) -> dict:
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    times, waits = [], []
+    try:
+        for i in range(warmup + iterations):
+            batch = next(trainer.dataloader_train)
+            synchronize(trainer.device)
+            started = time.perf_counter()
+            output = trainer.train_step(batch)
+            synchronize(trainer.device)
+            if i >= warmup:
+                times.append(time.perf_counter() - started)
+                waits.append(float(output.get("ccesemi_unlabeled_wait_s", 0.0)))
+    finally:
+        for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(trainer, "dataloader_unlabeled", None)):
+            if hasattr(loader, "_finish"):
+                loader._finish()
+    return {"mean": statistics.mean(times), "median": statistics.median(times), "wait": statistics.mean(waits),
+            "peak_gib": peak_memory_gib(trainer.device)}
+
+
+def time_floor(trainer, iterations: int, warmup: int) -> dict:
+    """Forward+backward of A and B on a random concatenated batch: the cost no dual-network step avoids."""
+    from nnunet_ccesemi.training.dual_network_trainer import labeled_part
+    from nnunet_ccesemi.training.networks import build_peer_network
+
+    config = trainer.method_config
+    network_b = build_peer_network(trainer.configuration_manager, trainer.num_input_channels,
+                                   trainer.label_manager.num_segmentation_heads, True, config.peer_architecture,
+                                   config.peer_blocks_per_stage).to(trainer.device)
+    if trainer._do_i_compile():
+        network_b = torch.compile(network_b)
+    networks = (trainer.network, network_b)
+    optimizer = torch.optim.SGD([p for n in networks for p in n.parameters()], 1e-3, momentum=0.99, nesterov=True)
+    n = trainer.batch_size
+    patch = trainer.configuration_manager.patch_size
+    data = torch.randn(2 * n, trainer.num_input_channels, *patch, device=trainer.device)
+    batch = next(trainer.dataloader_train)
+    target = [t.to(trainer.device) for t in batch["target"]]
+    scaler = trainer.grad_scaler
+    times = []
+    for i in range(warmup + iterations):
+        synchronize(trainer.device)
+        started = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(trainer.device.type, enabled=trainer.device.type == "cuda"):
+            loss = sum(trainer.loss(labeled_part(net(data), n), target) for net in networks)
+        (scaler.scale(loss) if scaler is not None else loss).backward()
+        if scaler is not None:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        synchronize(trainer.device)
+        if i >= warmup:
+            times.append(time.perf_counter() - started)
+    return {"mean": statistics.mean(times), "median": statistics.median(times), "wait": 0.0,
+            "peak_gib": peak_memory_gib(trainer.device)}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-d", required=True, help="dataset name or ID (planned, preprocessed, unlabelled done)")
+    parser.add_argument("-c", default="3d_cpu", help="configuration (default 3d_cpu)")
+    parser.add_argument("-p", default="nnUNetPlans", help="plans identifier")
+    parser.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS))
+    parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--no-floor", action="store_true", help="skip the bare two-network floor")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    os.environ.setdefault("nnUNet_results", tempfile.mkdtemp(prefix="ccesemi_bench_"))
+    print(f"torch {torch.__version__}, device {device}"
+          f"{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, "
+          f"threads {torch.get_num_threads()}, nnUNet_n_proc_DA {os.environ.get('nnUNet_n_proc_DA', 'default')}, "
+          f"compile {os.environ.get('nnUNet_compile', 'default (on for CUDA)')}, AMP {device.type == 'cuda'}")
+
+    rows = {}
+    for name in args.trainers:
+        trainer = build_trainer(name, args.d, args.c, args.p, device)
+        if not rows:
+            print(f"dataset {args.d}, configuration {args.c}: patch {trainer.configuration_manager.patch_size}, "
+                  f"batch {trainer.configuration_manager.batch_size}, "
+                  f"network {trainer.configuration_manager.network_arch_class_name.split('.')[-1]}")
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        rows[name] = time_trainer(trainer, args.iterations, args.warmup)
+        print(f"  measured {name}", file=sys.stderr, flush=True)
+        if not args.no_floor and "floor" not in rows and hasattr(trainer, "method_config"):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rows["floor (A+B fwd+bwd, concatenated)"] = time_floor(trainer, args.iterations, args.warmup)
+        del trainer
+
+    first = rows[args.trainers[0]]["mean"]
+    floor = next((r["mean"] for k, r in rows.items() if k.startswith("floor")), None)
+    print(f"{'step':<36} {'mean s':>8} {'median s':>9} {'/ ' + args.trainers[0][:14]:>17} {'/ floor':>8} "
+          f"{'wait %':>7} {'peak GiB':>9}")
+    for name, row in rows.items():
+        to_floor = f"{row['mean'] / floor:8.2f}" if floor else f"{'-':>8}"
+        print(f"{name:<36} {row['mean']:8.3f} {row['median']:9.3f} {row['mean'] / first:17.2f} {to_floor} "
+              f"{100 * row['wait'] / row['mean']:7.1f} {row['peak_gib']:9.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The dual-network trainer in-process on the tiny planned dataset: steps, optimiser, checkpoints."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from nnunet_ccesemi.training.checkpoint import CheckpointError
+from nnunet_ccesemi.training.networks import unwrap
+
+pytestmark = pytest.mark.integration
+
+
+def build_trainer(name: str, planned: dict, configuration: str = "3d_cpu"):
+    """A trainer as nnUNetv2_train builds it (device cpu), for the given planned dataset."""
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[variable] = planned["env"][variable]
+    plans = json.loads((planned["preprocessed"] / "nnUNetPlans.json").read_text())
+    plans["continue_training"] = False
+    dataset_json = json.loads((planned["preprocessed"] / "dataset.json").read_text())
+    trainer_class = recursive_find_trainer_class_by_name(name)
+    return trainer_class(plans=plans, configuration=configuration, fold="all", dataset_json=dataset_json,
+                         device=torch.device("cpu"))
+
+
+@pytest.fixture
+def started_trainer(planned_dataset, request):
+    os.environ["nnUNet_n_proc_DA"] = "0"  # in-process loaders: deterministic and light
+    trainer = build_trainer(request.param, planned_dataset)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    yield trainer
+    os.environ.pop("nnUNet_n_proc_DA")
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs", "nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_train_step_updates_both_networks_and_reports_finite_terms(started_trainer):
+    trainer = started_trainer
+    before = [{k: v.clone() for k, v in unwrap(n).state_dict().items()} for n in (trainer.network, trainer.network_b)]
+    output = trainer.train_step(next(trainer.dataloader_train))
+    assert np.isfinite(output["loss"])
+    assert all(np.isfinite(v) for k, v in output.items())
+    assert {"ccesemi_supervised_a", "ccesemi_supervised_b", "ccesemi_cps_a", "ccesemi_cps_b",
+            "ccesemi_agreement"} <= set(output)
+    for network, old in zip((trainer.network, trainer.network_b), before):
+        new = unwrap(network).state_dict()
+        assert any(not torch.equal(new[k], old[k]) for k in old if old[k].is_floating_point())
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_cce_step_computes_every_term(started_trainer):
+    trainer = started_trainer
+    trainer.current_epoch = 4  # ramps near their maximum
+    output = trainer.train_step(next(trainer.dataloader_train))
+    for term in ("disagreement_a", "entropy_filter_a", "cps_a", "cosine", "contrast_a", "reliable_fraction",
+                 "mean_kl_weight", "num_prototypes"):
+        assert "ccesemi_" + term in output, term
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
+def test_one_optimiser_over_both_networks(started_trainer):
+    trainer = started_trainer
+    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    for network in (trainer.network, trainer.network_b):
+        assert {id(p) for p in network.parameters()} <= optimised
+    assert type(unwrap(trainer.network_b)).__name__ == "ResidualEncoderUNet"
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
+def test_deep_supervision_switch_reaches_network_b(started_trainer):
+    trainer = started_trainer
+    trainer.set_deep_supervision_enabled(False)
+    assert unwrap(trainer.network_b).decoder.deep_supervision is False
+    trainer.set_deep_supervision_enabled(True)
+    assert unwrap(trainer.network_b).decoder.deep_supervision is True
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
+def test_checkpoint_round_trip_and_refusal_of_single_network_checkpoint(started_trainer, planned_dataset, tmp_path):
+    trainer = started_trainer
+    trainer.train_step(next(trainer.dataloader_train))
+    trainer._ensure_logger_key("ccesemi_cps_a")
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+
+    restored = build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset)
+    restored.load_checkpoint(path)
+    for original, copy in ((trainer.network, restored.network), (trainer.network_b, restored.network_b)):
+        for key, value in unwrap(original).state_dict().items():
+            assert torch.equal(value, unwrap(copy).state_dict()[key]), key
+
+    single = torch.load(path, weights_only=False)
+    del single["network_b_weights"]
+    single["trainer_name"] = "nnUNetTrainer"
+    torch.save(single, tmp_path / "single.pth")
+    with pytest.raises(CheckpointError, match="written by nnUNetTrainer, not by a dual-network trainer"):
+        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "single.pth"))
