@@ -42,3 +42,7 @@ class nnUNetTrainerCCE_noContrast_5epochs(ShortBudget, nnUNetTrainerCCE_noContra
 
 class nnUNetTrainerCCE_releasedCode_5epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
     pass
+
+
+class nnUNetTrainerCCE_10epochs(ShortBudget, nnUNetTrainerCCE):
+    budget_epochs = 10

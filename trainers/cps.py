@@ -14,3 +14,7 @@ class nnUNetTrainerCPS_sameArch(nnUNetTrainerCPS):
 
 class nnUNetTrainerCPS_5epochs(ShortBudget, nnUNetTrainerCPS):
     pass
+
+
+class nnUNetTrainerCPS_10epochs(ShortBudget, nnUNetTrainerCPS):
+    budget_epochs = 10

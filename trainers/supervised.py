@@ -6,3 +6,7 @@ from nnunet_ccesemi.training.budgets import ShortBudget
 
 class nnUNetTrainerSupervised_5epochs(ShortBudget, nnUNetTrainer):
     pass
+
+
+class nnUNetTrainerSupervised_10epochs(ShortBudget, nnUNetTrainer):
+    budget_epochs = 10

@@ -37,7 +37,16 @@ def cpu_configuration(plans: dict, source: str, patch_size: list[int] | None, ma
     wanted = patch_size or shrink_patch(source_config["patch_size"], spacing, max_voxels)
     if len(wanted) != len(spacing):
         raise ValueError(f"--patch has {len(wanted)} axes but configuration {source!r} is {len(spacing)}D")
-    _, strides, kernel_sizes, patch, _ = get_pool_and_conv_props(spacing, wanted, 4, 999999)
+    _, strides, kernel_sizes, patch, divisible_by = get_pool_and_conv_props(spacing, wanted, 4, 999999)
+    # the topology rounds the patch to multiples of the total stride, which can overshoot the budget:
+    # shrink the axis that is longest in mm by one multiple at a time, as nnU-Net's planner does
+    while patch_size is None and math.prod(patch) > max_voxels:
+        axis = max(range(len(patch)), key=lambda i: patch[i] * spacing[i] if patch[i] > divisible_by[i] else -1)
+        if patch[axis] <= divisible_by[axis]:
+            break
+        shrunk = list(patch)
+        shrunk[axis] -= divisible_by[axis]
+        _, strides, kernel_sizes, patch, divisible_by = get_pool_and_conv_props(spacing, shrunk, 4, 999999)
     n_stages = len(strides)
 
     architecture = json.loads(json.dumps(source_config["architecture"]))  # deep copy
