@@ -124,7 +124,7 @@ def test_sigkill_then_resume_with_c(planned_dataset, tmp_path):
     assert all(torch.equal(momentum[i]["momentum_buffer"], s["momentum_buffer"])
                for i, s in saved["optimizer_state"]["state"].items())
 
-    run_cli(args[1:] + ["--c"], planned["env"])
+    run_cli(["nnUNetv2_train", *args[1:], "--c"], planned["env"])
     final = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     assert final["current_epoch"] == 5
     assert len(final["logging"]["train_losses"]) == 5

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net): AMP + torch.compile step
+# times of nnUNetTrainer / CPS / CCE against the two-network floor, then a real short CCE training,
+# resume, final validation and stock prediction through the nnU-Net CLI. Results go to $OUT.
+#   carry: device_site (site312.tar.xz from ../shared/device/build_nnunet_site.sh, and the plugin wheel)
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+exec > >(tee "$OUT/gpu_check.log") 2>&1
+site=/tmp/s/site312
+mkdir -p /tmp/s && tar -xJf device_site/site312.tar.xz -C /tmp/s
+python3 -m zipfile -e device_site/nnunet_ccesemi-*.whl "$site"
+export PYTHONPATH=$site nnUNet_extTrainer=$site/nnunet_ccesemi/_nnunet_ext
+export nnUNet_raw=/tmp/w/raw nnUNet_preprocessed=/tmp/w/pre nnUNet_results=/tmp/w/res nnUNet_n_proc_DA=12
+mkdir -p $nnUNet_raw $nnUNet_preprocessed $nnUNet_results
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
+entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module import $fn as m; sys.argv[0]='x'; sys.exit(m())" "$@"; }
+
+# LA-sized synthetic data: 1.25 mm LA volumes are about 44x72x93 voxels
+python3 -c "
+from nnunet_ccesemi.data.synthetic import SyntheticSpec, write_synthetic_dataset
+write_synthetic_dataset('$nnUNet_raw', 991, 'GpuCheck', SyntheticSpec(n_labeled=8, n_unlabeled=16, n_test=2, shape=(48, 80, 96), spacing=(1.25, 1.25, 1.25)))"
+entry nnunetv2.experiment_planning.plan_and_preprocess_entrypoints plan_and_preprocess_entry -d 991 -c 3d_fullres -np 8 > "$OUT/plan.log" 2>&1
+entry nnunet_ccesemi.cli.preprocess_unlabeled main -d 991 -c 3d_fullres -np 8 > "$OUT/unlabeled.log" 2>&1
+tail -n 2 "$OUT/unlabeled.log"
+
+if [ -z "${SKIP_BENCH:-}" ]; then
+  echo "== step times, AMP, eager (compile is exercised by the training below) =="
+  nnUNet_compile=f timeout 120 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 25 --warmup 5 \
+    --device cuda 2>"$OUT/bench.err" | grep -v "^20[0-9][0-9]-"
+fi
+echo "== nnUNetv2_train nnUNetTrainerCCE_5epochs (compile, AMP): killed after a checkpoint, then --c =="
+timeout 150 python3 - <<'PY'
+import subprocess, sys, time, os, signal
+args = [sys.executable, "-c", "import sys; from nnunetv2.run.run_training import run_training_entry as m; sys.argv[0]='t'; m()",
+        "991", "3d_fullres", "all", "-tr", "nnUNetTrainerCCE_5epochs"]
+p = subprocess.Popen(args, stdout=open(os.environ.get("OUT", "/tmp/out") + "/train1.log", "w"), stderr=subprocess.STDOUT,
+                     start_new_session=True)
+ckpt = os.environ["nnUNet_results"] + "/Dataset991_GpuCheck/nnUNetTrainerCCE_5epochs__nnUNetPlans__3d_fullres/fold_all/checkpoint_latest.pth"
+import torch
+t0 = time.time()
+while p.poll() is None and time.time() - t0 < 140:
+    if os.path.exists(ckpt) and torch.load(ckpt, weights_only=False, map_location="cpu")["current_epoch"] >= 1:
+        break
+    time.sleep(1)
+if p.poll() is None:
+    os.killpg(p.pid, signal.SIGKILL)
+p.wait()
+print("killed after", round(time.time() - t0), "s; checkpoint epoch", torch.load(ckpt, weights_only=False, map_location="cpu")["current_epoch"])
+PY
+grep -E "Epoch time|semi-supervised|compile" "$OUT/train1.log" | tail -n 6
+timeout 170 bash -c 'entry() { python3 -c "import sys; from $1 import $2 as m; sys.argv[0]=\"x\"; sys.exit(m())" "${@:3}"; }
+entry nnunetv2.run.run_training run_training_entry 991 3d_fullres all -tr nnUNetTrainerCCE_5epochs --c > "$OUT/train2.log" 2>&1'
+grep -E "Epoch [0-9]|Epoch time|Mean Validation Dice|Error|error" "$OUT/train2.log" | tail -n 14
+python3 - <<'PY'
+import torch, os
+f = os.environ["nnUNet_results"] + "/Dataset991_GpuCheck/nnUNetTrainerCCE_5epochs__nnUNetPlans__3d_fullres/fold_all/checkpoint_final.pth"
+if os.path.exists(f):
+    c = torch.load(f, weights_only=False, map_location="cpu")
+    print("final checkpoint: epoch", c["current_epoch"], "scaler", c["grad_scaler_state"] is not None,
+          "keys", sorted(k for k in c if "weights" in k), "first key", next(iter(c["network_weights"])))
+PY
+echo "== stock predictor =="
+timeout 60 bash -c 'python3 -c "import sys; from nnunetv2.inference.predict_from_raw_data import predict_entry_point as m; sys.argv[0]=\"x\"; m()" -i $nnUNet_raw/Dataset991_GpuCheck/imagesTs -o /tmp/w/pred -d 991 -c 3d_fullres -f all -tr nnUNetTrainerCCE_5epochs > "$OUT/predict.log" 2>&1; ls /tmp/w/pred'
