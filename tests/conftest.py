@@ -56,7 +56,7 @@ def planned_dataset(tmp_path_factory):
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
              "--verify_dataset_integrity"], env)
     run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1"], env)
-    run_cli(["nnUNetv2_ccesemi_add_cpu_config", "-d", str(DATASET_ID), "--base-features", "8",
+    run_cli(["nnUNetv2_ccesemi_add_cpu_config", "-d", str(DATASET_ID), "--patch", "16", "16", "16", "--base-features", "8",
              "--max-features", "32"], env)
     return {"root": root, "env": env, "raw": Path(raw_folder),
             "preprocessed": Path(env["nnUNet_preprocessed"]) / f"Dataset{DATASET_ID:03d}_Tiny",

@@ -41,7 +41,7 @@ def test_new_interpreter_finds_trainers_without_any_variable():
 
 def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
     """``pip install .`` path: the wheel carries the .pth hook, and trainers/ only inside the package."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("nnunet_ccesemi-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
