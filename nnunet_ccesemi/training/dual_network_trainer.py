@@ -44,6 +44,8 @@ from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
+UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
+FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
 
 
 def labeled_part(output, n_labeled: int):
@@ -256,24 +258,33 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         """``progress_ssl.png`` beside nnU-Net's ``progress.png``: every method statistic per epoch."""
         matplotlib.use("agg")
         import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
 
         logging = self.logger.local_logger.my_fantastic_logging
-        keys = sorted(k for k in logging if k.startswith(STAT_PREFIX))
-        if not keys:
+        names = sorted(k[len(STAT_PREFIX):] for k in logging if k.startswith(STAT_PREFIX))
+        if not names:
             return
-        loss_keys = [k for k in keys if k[len(STAT_PREFIX):].startswith(("supervised", "loss"))]
-        other_keys = [k for k in keys if k not in loss_keys]
-        fig, axes = plt.subplots(2, 1, figsize=(14, 12))
-        for ax, group, ylabel in ((axes[0], loss_keys, "loss term"), (axes[1], other_keys, "value")):
-            for key in group:
-                ax.plot(range(len(logging[key])), logging[key], label=key[len(STAT_PREFIX):], linewidth=2)
-            ax.set_xlabel("epoch")
-            ax.set_ylabel(ylabel)
-            if group:
-                ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        fig.tight_layout()
-        fig.savefig(join(self.output_folder, "progress_ssl.png"))
-        plt.close(fig)
+        panels = (
+            ("supervised Dice+CE", [n for n in names if n.startswith("supervised")]),
+            ("unsupervised terms", [n for n in names if n.startswith(UNSUPERVISED_TERMS)]),
+            ("fractions and weights", [n for n in names if n in FRACTION_STATS or n.startswith("entropy_threshold")]),
+            ("counts and seconds", [n for n in names if n in ("num_prototypes", "unlabeled_wait_s")]),
+        )
+        with plt.rc_context({"font.size": 11}):
+            fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True)
+            for ax, (title, group) in zip(axes, panels):
+                for name in group:
+                    style = "--" if name.endswith("_b") else "-"
+                    ax.plot(range(len(logging[STAT_PREFIX + name])), logging[STAT_PREFIX + name], style,
+                            label=name, linewidth=1.8)
+                ax.set_title(title, loc="left")
+                if group:
+                    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+            axes[-1].set_xlabel("epoch")
+            axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
+            fig.tight_layout()
+            fig.savefig(join(self.output_folder, "progress_ssl.png"))
+            plt.close(fig)
 
     def on_train_end(self):
         super().on_train_end()
@@ -306,16 +317,14 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         atomic_torch_save(checkpoint, filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if not isinstance(filename_or_checkpoint, str):
+            raise TypeError(f"{self.__class__.__name__}.load_checkpoint expects a file name (nnU-Net's loader "
+                            f"cannot take a checkpoint dict), got {type(filename_or_checkpoint).__name__}")
         if not self.was_initialized:
             self.initialize()
-        checkpoint = filename_or_checkpoint
-        if isinstance(filename_or_checkpoint, str):
-            checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
-        check_dual_network_checkpoint(checkpoint, str(filename_or_checkpoint)[:200], self.__class__.__name__)
-        if isinstance(filename_or_checkpoint, str):
-            super().load_checkpoint(filename_or_checkpoint)  # nnU-Net's own loader accepts file names only
-        else:
-            raise TypeError("load_checkpoint expects a file name")
+        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
+        super().load_checkpoint(filename_or_checkpoint)  # network A, optimiser, scaler, logger, epoch
         unwrap(self.network_b).load_state_dict(
             {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})
         if checkpoint.get("objective_state") is not None:
