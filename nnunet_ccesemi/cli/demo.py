@@ -76,7 +76,9 @@ def main(argv=None) -> None:
     run(["nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], env)
     run(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", dataset, "-c", "3d_fullres", "-np", "2"], env)
-    run(["nnUNetv2_ccesemi_add_cpu_config", "-d", dataset], env)
+    # a CPU-sized network for a few-minute demo: 8-64 features, 16x32x32 patches
+    run(["nnUNetv2_ccesemi_add_cpu_config", "-d", dataset, "--patch", "16", "32", "32", "--base-features", "8",
+         "--max-features", "64"], env)
 
     results = {}
     for trainer in args.trainers:

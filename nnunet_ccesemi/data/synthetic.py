@@ -19,8 +19,8 @@ import numpy as np
 class SyntheticSpec:
     n_labeled: int = 6
     n_unlabeled: int = 12
-    n_test: int = 6
-    shape: tuple[int, int, int] = (24, 48, 48)  # (z, y, x), numpy order
+    n_test: int = 4
+    shape: tuple[int, int, int] = (20, 40, 40)  # (z, y, x), numpy order
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)  # (x, y, z), SimpleITK order
     noise: float = 0.6
     seed: int = 0
