@@ -100,3 +100,63 @@ def test_checkpoint_round_trip_and_refusal_of_single_network_checkpoint(started_
     torch.save(single, tmp_path / "single.pth")
     with pytest.raises(CheckpointError, match="written by nnUNetTrainer, not by a dual-network trainer"):
         build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "single.pth"))
+
+
+def _step_gradients(trainer, step, data, target, seed: int) -> list[torch.Tensor]:
+    trainer.optimizer.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)  # the contrast term samples voxels from the global generator
+    stats = step(data, target, 2, 1.0, 0.1)
+    gradients = [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
+                 for network in (trainer.network, trainer.network_b) for p in network.parameters()]
+    return gradients, stats
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_sequential_step_gives_the_joint_gradients(started_trainer):
+    trainer = started_trainer
+    batch = next(trainer.dataloader_train)
+    unlabeled = next(trainer.dataloader_unlabeled)
+    data = torch.cat((batch["data"], unlabeled["data"]))
+    joint, joint_stats = _step_gradients(trainer, trainer._joint_step, data, batch["target"], seed=3)
+    sequential, sequential_stats = _step_gradients(trainer, trainer._sequential_step, data, batch["target"], seed=3)
+    assert any(g.abs().sum() > 0 for g in joint)
+    for index, (expected, actual) in enumerate(zip(joint, sequential)):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-6, msg=f"parameter {index}")
+    assert set(sequential_stats) == set(joint_stats)
+    for key, value in joint_stats.items():
+        torch.testing.assert_close(sequential_stats[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_out_of_memory_in_the_first_epoch_switches_to_the_sequential_step(started_trainer, monkeypatch):
+    trainer = started_trainer
+    joint_calls = []
+
+    def out_of_memory(*args):
+        joint_calls.append(args)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    monkeypatch.setattr(trainer, "_joint_step", out_of_memory)
+    messages = []
+    monkeypatch.setattr(trainer, "print_to_log_file", lambda *args, **kwargs: messages.append(" ".join(args)))
+    before = [p.clone() for p in trainer.network_b.parameters()]
+    output = trainer.train_step(next(trainer.dataloader_train))
+    assert trainer.sequential_step and np.isfinite(output["loss"])
+    assert any(not torch.equal(p, old) for p, old in zip(trainer.network_b.parameters(), before))
+    assert len(messages) == 1 and "switching to the low-memory sequential step" in messages[0]
+    trainer.train_step(next(trainer.dataloader_train))
+    assert len(joint_calls) == 1 and len(messages) == 1  # said once, and no more joint attempts
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_out_of_memory_after_the_first_epoch_is_raised(started_trainer, monkeypatch):
+    trainer = started_trainer
+    trainer._steps_this_run = trainer.num_iterations_per_epoch
+
+    def out_of_memory(*args):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(trainer, "_joint_step", out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        trainer.train_step(next(trainer.dataloader_train))
+    assert not trainer.sequential_step

@@ -46,3 +46,12 @@ class nnUNetTrainerCCE_releasedCode_5epochs(ShortBudget, nnUNetTrainerCCE_releas
 
 class nnUNetTrainerCCE_10epochs(ShortBudget, nnUNetTrainerCCE):
     budget_epochs = 10
+
+
+class nnUNetTrainerCCE_lowMem(nnUNetTrainerCCE):
+    """CCE with the sequential step: one network's activations at a time, same gradients."""
+    sequential_step = True
+
+
+class nnUNetTrainerCCE_lowMem_5epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
+    pass

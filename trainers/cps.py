@@ -18,3 +18,8 @@ class nnUNetTrainerCPS_5epochs(ShortBudget, nnUNetTrainerCPS):
 
 class nnUNetTrainerCPS_10epochs(ShortBudget, nnUNetTrainerCPS):
     budget_epochs = 10
+
+
+class nnUNetTrainerCPS_lowMem(nnUNetTrainerCPS):
+    """CPS with the sequential step: one network's activations at a time, same gradients."""
+    sequential_step = True

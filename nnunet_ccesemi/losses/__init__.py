@@ -9,7 +9,7 @@ from .cross_pseudo import (
 from .disagreement import confident_disagreement_loss
 from .entropy import batch_quantile, normalized_entropy, reliable_mask
 from .features import DecoderFeatureHook, l2_normalize_voxels
-from .objective import DualNetworkObjective, UnlabeledObjective
+from .objective import DualNetworkObjective, UnlabeledObjective, merge_sequential_stats
 from .prototypes import (
     IGNORE_LABEL,
     PrototypeBank,
@@ -38,6 +38,7 @@ __all__ = [
     "kl_weighted_cross_pseudo_supervision",
     "l2_normalize_voxels",
     "masked_cross_entropy",
+    "merge_sequential_stats",
     "normalized_entropy",
     "prototype_infonce_loss",
     "prototype_l2_loss",

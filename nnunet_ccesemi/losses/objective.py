@@ -92,6 +92,7 @@ class DualNetworkObjective(nn.Module):
         contrast_weight: float = 0.0,
         *,
         update_prototype_banks: bool = True,
+        students: tuple[str, ...] = NETWORKS,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Computes the weighted sum of terms 2-6.
 
@@ -105,9 +106,14 @@ class DualNetworkObjective(nn.Module):
             unsup_weight: λ_u(t), the ramped weight of terms 3-5.
             contrast_weight: λ_c(t), the ramped weight of term 6 (already including
                 ``config.contrast_weight`` as its maximum, see :func:`contrast_rampup`).
-            update_prototype_banks: fold this step's prototypes into the banks; pass ``False`` on the
-                second call of a step that evaluates the objective twice (the low-memory sequential
-                step) so that an EMA bank moves once per step.
+            update_prototype_banks: fold this step's prototypes into the banks.
+            students: the networks whose own terms (2, 3, 4 and 6 of network k) are computed. Every
+                such term only trains its network k (the peer's outputs are constants in it), so the
+                low-memory sequential step evaluates ``students=("a",)`` with B's logits detached and
+                then ``students=("b",)`` with A's detached, and gets the joint step's gradients
+                (:func:`merge_sequential_stats` joins the two calls' statistics). The shared cosine
+                term (5) enters the loss of every call, so that it reaches whichever network is not
+                detached, but ``stats["total"]`` counts it only in a call that includes A.
 
         Returns:
             ``(loss, stats)``: the 0-dim float32 loss, and a dict of detached 0-dim float32 tensors
@@ -115,7 +121,10 @@ class DualNetworkObjective(nn.Module):
             ``num_prototypes``, ``entropy_threshold_a/b``, ``total``); nothing synchronises with the host.
         """
         config = self.config
-        self._check_inputs(logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight)
+        if not students or not set(students) <= set(NETWORKS):
+            raise ValueError(f"students must be a non-empty subset of {NETWORKS}, got {students}")
+        self._check_inputs(logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight,
+                           students)
         device = logits_a.device
         n_unlabeled = logits_a.shape[0] - n_labeled
         with torch.autocast(device_type=device.type, enabled=False):
@@ -124,11 +133,12 @@ class DualNetworkObjective(nn.Module):
             # Accumulated on the graph of the logits, so an all-skipped objective is a connected 0.
             total = (logits["a"].sum() + logits["b"].sum()) * 0.0
             stats: dict[str, torch.Tensor] = {}
+            counted_in_stats = total.detach()  # the shared term counts once when two calls are merged
 
             if config.disagreement_weight > 0 and target_labeled is not None and n_labeled > 0:
                 probs_a_labeled = probs["a"][:n_labeled].detach()
                 probs_b_labeled = probs["b"][:n_labeled].detach()
-                for net in NETWORKS:
+                for net in students:
                     term = confident_disagreement_loss(
                         probs[net][:n_labeled],
                         probs_a_labeled,
@@ -150,15 +160,15 @@ class DualNetworkObjective(nn.Module):
                         reliable, pseudo_labels = self._reliable_pseudo_labels(probs_unlabeled, stats)
 
             if config.entropy_filter_weight > 0 and n_unlabeled > 0:
-                for net in NETWORKS:
+                for net in students:
                     term = masked_cross_entropy(logits[net][n_labeled:], pseudo_labels, reliable)
                     stats[f"entropy_filter_{net}"] = term.detach()
                     total = total + unsup_weight * config.entropy_filter_weight * term
 
             if config.cps_weight > 0:
-                students = NETWORKS if config.kl_direction == "both" else ("b",)
+                cps_students = [net for net in students if config.kl_direction == "both" or net == "b"]
                 kl_weights = []
-                for student in students:
+                for student in cps_students:
                     teacher = "b" if student == "a" else "a"
                     if config.kl_weighting:
                         term, mean_weight = kl_weighted_cross_pseudo_supervision(
@@ -176,15 +186,17 @@ class DualNetworkObjective(nn.Module):
                 term = cosine_consistency(probs["a"], probs["b"])
                 stats["cosine"] = term.detach()
                 total = total + unsup_weight * config.cosine_weight * term
+                if "a" not in students:
+                    counted_in_stats = counted_in_stats - unsup_weight * config.cosine_weight * term.detach()
 
             if self._contrast_active(contrast_weight) and n_unlabeled > 0:
                 # All rows, or only the unlabelled ones.
                 features = {
                     net: f[n_labeled:] if f.shape[0] == logits_a.shape[0] else f
-                    for net, f in (("a", features_a), ("b", features_b))
+                    for net, f in (("a", features_a), ("b", features_b)) if net in students
                 }
                 num_prototypes = []
-                for net in NETWORKS:
+                for net in students:
                     term, present = self._contrast_term(
                         net, features[net], labels_unlabeled[net], reliable, pseudo_labels,
                         update_prototype_banks,
@@ -194,7 +206,7 @@ class DualNetworkObjective(nn.Module):
                     total = total + contrast_weight * term
                 stats["num_prototypes"] = torch.stack(num_prototypes).mean()
 
-        stats["total"] = total.detach()
+        stats["total"] = total.detach() + counted_in_stats
         return total, stats
 
     def _contrast_active(self, contrast_weight: float) -> bool:
@@ -254,7 +266,7 @@ class DualNetworkObjective(nn.Module):
         return term, present
 
     def _check_inputs(
-        self, logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight
+        self, logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight, students
     ) -> None:
         if logits_a.shape != logits_b.shape:
             raise ValueError(
@@ -272,18 +284,41 @@ class DualNetworkObjective(nn.Module):
         if target_labeled is not None and target_labeled.shape[0] != n_labeled:
             raise ValueError(f"target_labeled has {target_labeled.shape[0]} rows, n_labeled is {n_labeled}")
         if self._contrast_active(contrast_weight) and logits_a.shape[0] > n_labeled:
-            if features_a is None or features_b is None:
+            needed = {f"features_{net}": features for net, features in (("a", features_a), ("b", features_b))
+                      if net in students}
+            missing = [name for name, features in needed.items() if features is None]
+            if missing:
                 raise ValueError(
                     f"contrast_weight={contrast_weight} with config.contrast_weight={self.config.contrast_weight} "
-                    "needs features_a and features_b (decoder features of both networks)"
+                    f"needs {' and '.join(missing)} (decoder features of the networks in students={students})"
                 )
             n_rows, n_unlabeled = logits_a.shape[0], logits_a.shape[0] - n_labeled
-            for name, features in (("features_a", features_a), ("features_b", features_b)):
+            for name, features in needed.items():
                 if features.shape[0] not in (n_rows, n_unlabeled) or features.shape[2:] != logits_a.shape[2:]:
                     raise ValueError(
                         f"{name} must be (N={n_rows} or {n_unlabeled}, F, {tuple(logits_a.shape[2:])}) at full "
                         f"resolution, got {tuple(features.shape)}"
                     )
+
+
+# Statistics that are a mean over the networks trained in a call (the others are per network or shared).
+_MEAN_OVER_STUDENTS = ("mean_kl_weight", "num_prototypes")
+
+
+def merge_sequential_stats(stats_a: dict[str, torch.Tensor], stats_b: dict[str, torch.Tensor]) -> dict:
+    """The statistics of the joint call from those of the ``students=("a",)`` and ``("b",)`` calls.
+
+    Per-network terms come from their own call, shared statistics (agreement, thresholds, the cosine
+    term) are equal in both, ``total`` adds up, and the means over students are averaged over the calls
+    that have them.
+    """
+    merged = {**stats_b, **stats_a}
+    merged["total"] = stats_a["total"] + stats_b["total"]
+    for key in _MEAN_OVER_STUDENTS:
+        values = [s[key] for s in (stats_a, stats_b) if key in s]
+        if values:
+            merged[key] = torch.stack(values).mean()
+    return merged
 
 
 UnlabeledObjective = DualNetworkObjective

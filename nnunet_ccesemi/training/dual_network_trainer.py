@@ -9,7 +9,9 @@ schedule, AMP, ``torch.compile``, DDP, validation, checkpoints) it does here for
 * each iteration takes nnU-Net's labelled batch and an unlabelled batch of the same size, runs each
   network once on both (concatenated: one forward per network), and adds the semi-supervised
   objective of :mod:`nnunet_ccesemi.losses` to both networks' Dice+CE;
-* one SGD optimiser over both networks, one backward pass, each network clipped at norm 12.
+* one SGD optimiser over both networks, one backward pass, each network clipped at norm 12;
+* or, with ``sequential_step`` (the ``_lowMem`` variants, and automatically after an out-of-memory
+  error in the first epoch), one network's activations at a time, with the same gradients.
 
 Subclasses choose the method by setting ``method_config`` (a frozen :class:`MethodConfig`): plain
 cross pseudo supervision, CCE, or an ablation.
@@ -38,7 +40,8 @@ from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
                                         preprocessing_fingerprint)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
-from nnunet_ccesemi.losses import DecoderFeatureHook, DualNetworkObjective, contrast_rampup, sigmoid_rampup
+from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, contrast_rampup, merge_sequential_stats,
+                                   sigmoid_rampup)
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
@@ -63,6 +66,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
     """Two networks, labelled + unlabelled batches, the objective chosen by ``method_config``."""
 
     method_config: MethodConfig = CPS_CONFIG
+    # The low-memory sequential step (``_lowMem`` variants); the joint step switches to it by itself
+    # when it runs out of memory during the first epoch of a run.
+    sequential_step: bool = False
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -72,6 +78,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.dataloader_unlabeled = None
         self._feature_hooks: list[DecoderFeatureHook] = []
         self._iteration_in_epoch = 0
+        self._steps_this_run = 0
         self.unlabeled_folder = preprocessed_unlabeled_folder(self.preprocessed_dataset_folder_base,
                                                               self.configuration_manager.data_identifier)
 
@@ -174,10 +181,37 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
-        unsup_weight, contrast_weight = self._ramp_weights()
+        ramps = self._ramp_weights()
 
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
+        out_of_memory = False
+        if not self.sequential_step:
+            try:
+                stats = self._joint_step(data, target, n_labeled, *ramps)
+            except torch.OutOfMemoryError:
+                if self._steps_this_run >= self.num_iterations_per_epoch:
+                    raise
+                out_of_memory = True  # recover outside the handler: its traceback holds the step's tensors
+        if out_of_memory:
+            self._switch_to_sequential_step()
+        if self.sequential_step:
+            stats = self._sequential_step(data, target, n_labeled, *ramps)
+        self._clip_and_step()
+        self._iteration_in_epoch += 1
+        self._steps_this_run += 1
+
+        loss = stats["supervised_a"] + stats["supervised_b"] + stats["total"]
+        # one device->host copy for all figures (nnU-Net pays one per step for its loss anyway)
+        values = torch.stack([loss.float()] + [v.detach().float() for v in stats.values()]).cpu().numpy()
+        return {"loss": values[0], STAT_PREFIX + "unlabeled_wait_s": unlabeled_wait_s,
+                **{STAT_PREFIX + k: v for k, v in zip(stats, values[1:])}}
+
+    def _autocast(self):
+        return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
+
+    def _joint_step(self, data, target, n_labeled: int, unsup_weight: float, contrast_weight: float) -> dict:
+        """Both networks forward on the whole batch, one backward pass (the fastest step)."""
+        with self._autocast():
             output_a = self.network(data)
             output_b = self.network_b(data)
             features_a, features_b = self._take_features()
@@ -188,14 +222,51 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
                 target_labeled=full_resolution(target), features_a=features_a, features_b=features_b,
                 unsup_weight=unsup_weight, contrast_weight=contrast_weight)
             loss = supervised_a + supervised_b + unsupervised
-        self._backward_and_step(loss)
-        self._iteration_in_epoch += 1
+        self._backward(loss)
+        return {"supervised_a": supervised_a.detach(), "supervised_b": supervised_b.detach(), **stats}
 
-        stats = {"supervised_a": supervised_a, "supervised_b": supervised_b, **stats}
-        # one device->host copy for all figures (nnU-Net pays one per step for its loss anyway)
-        values = torch.stack([loss.detach().float()] + [v.detach().float() for v in stats.values()]).cpu().numpy()
-        return {"loss": values[0], STAT_PREFIX + "unlabeled_wait_s": unlabeled_wait_s,
-                **{STAT_PREFIX + k: v for k, v in zip(stats, values[1:])}}
+    def _sequential_step(self, data, target, n_labeled: int, unsup_weight: float, contrast_weight: float) -> dict:
+        """METHOD.md's low-memory step: B without grad, then A forward+backward, then B forward+backward.
+
+        Each network's terms use the other's outputs only as constants, so each backward pass gives
+        exactly that network's gradient of the joint loss, while only one network's activations are
+        alive at a time. Costs one extra forward pass of B.
+        """
+        target_full = full_resolution(target)
+        with self._autocast():
+            with torch.no_grad():
+                logits_b = full_resolution(self.network_b(data))
+            self._take_features()  # B's features are not needed by A's terms: free them now
+            output_a = self.network(data)
+            features_a, _ = self._take_features()
+            supervised_a = self.loss(labeled_part(output_a, n_labeled), target)
+            unsupervised_a, stats_a = self.objective(
+                full_resolution(output_a), logits_b, n_labeled=n_labeled, target_labeled=target_full,
+                features_a=features_a, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("a",))
+        self._backward(supervised_a + unsupervised_a)
+        logits_a = full_resolution(output_a).detach()
+        del output_a, features_a, logits_b, unsupervised_a
+
+        with self._autocast():
+            output_b = self.network_b(data)
+            _, features_b = self._take_features()
+            supervised_b = self.loss(labeled_part(output_b, n_labeled), target)
+            unsupervised_b, stats_b = self.objective(
+                logits_a, full_resolution(output_b), n_labeled=n_labeled, target_labeled=target_full,
+                features_b=features_b, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("b",))
+        self._backward(supervised_b + unsupervised_b)
+        return {"supervised_a": supervised_a.detach(), "supervised_b": supervised_b.detach(),
+                **merge_sequential_stats(stats_a, stats_b)}
+
+    def _switch_to_sequential_step(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self._take_features()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        self.sequential_step = True
+        self.print_to_log_file("The joint step of both networks ran out of memory: switching to the low-memory "
+                               "sequential step (same gradients, one extra forward pass of network B per "
+                               "iteration). Train with the _lowMem trainer variant to start in this mode.")
 
     def _take_features(self):
         if not self._feature_hooks:
@@ -205,15 +276,19 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             hook.clear()
         return features
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _clip_and_step(self) -> None:
+        if self.grad_scaler is not None:
             self.grad_scaler.unscale_(self.optimizer)
             self._clip_gradients()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
         else:
-            loss.backward()
             self._clip_gradients()
             self.optimizer.step()
 
