@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BIN = Path(sys.executable).parent
 DATASET_ID = 777
+CONFIG = "3d_cpu"
 TINY_SPEC_KWARGS = dict(n_labeled=4, n_unlabeled=4, n_test=2, shape=(16, 32, 32), seed=1)
 
 
@@ -71,3 +72,15 @@ def copy_dataset(planned: dict, destination: Path) -> dict:
             "raw": destination / "nnUNet_raw" / planned["raw"].name,
             "preprocessed": destination / "nnUNet_preprocessed" / planned["preprocessed"].name,
             "results": destination / "nnUNet_results" / planned["results"].name}
+
+
+def trained_folder(planned: dict, trainer: str) -> Path:
+    return planned["results"] / f"{trainer}__nnUNetPlans__{CONFIG}" / "fold_all"
+
+
+@pytest.fixture(scope="session")
+def trained_cce(planned_dataset):
+    """nnUNetTrainerCCE_5epochs trained through the stock CLI (all terms on, incl. prototypes)."""
+    result = run_cli(["nnUNetv2_train", str(DATASET_ID), CONFIG, "all", "-tr", "nnUNetTrainerCCE_5epochs",
+                      "-device", "cpu"], planned_dataset["env"])
+    return planned_dataset, result

@@ -17,22 +17,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from tests.conftest import BIN, DATASET_ID, copy_dataset, run_cli
+from tests.conftest import BIN, CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
 
 pytestmark = pytest.mark.integration
-CONFIG = "3d_cpu"
-
-
-def trained_folder(planned: dict, trainer: str):
-    return planned["results"] / f"{trainer}__nnUNetPlans__{CONFIG}" / "fold_all"
-
-
-@pytest.fixture(scope="session")
-def trained_cce(planned_dataset):
-    """nnUNetTrainerCCE_5epochs trained through the stock CLI (all terms on, incl. prototypes)."""
-    result = run_cli(["nnUNetv2_train", str(DATASET_ID), CONFIG, "all", "-tr", "nnUNetTrainerCCE_5epochs",
-                      "-device", "cpu"], planned_dataset["env"])
-    return planned_dataset, result
 
 
 def test_unlabeled_preprocessing_reuses_labelled_plans(planned_dataset):

@@ -1,0 +1,208 @@
+"""Prediction with both networks of a dual-network checkpoint, through nnU-Net's own predictor.
+
+:class:`DualNetworkPredictor` is nnU-Net's ``nnUNetPredictor`` (preprocessing, sliding window with
+Gaussian weighting, mirroring, fold handling, resampling and export all unchanged) that runs the
+sliding window once with network A and once with network B and averages their softmax outputs, the
+paper's inference. With ``networks="a"`` it is the stock predictor; ``"b"`` uses B alone.
+
+nnU-Net's export expects logits and applies the softmax itself, so the averaged probabilities p̄
+are handed over as ``log p̄`` (the softmax of ``log p̄`` is p̄ again).
+
+Optionally it writes, per case, uncertainty maps in the input image's geometry into a separate
+folder (so that nothing but segmentations sits in the prediction folder, where evaluation tools
+look): ``<case>_entropy`` (normalised predictive entropy of p̄) and, with both networks,
+``<case>_disagreement`` (symmetric KL between A and B).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from os.path import basename, join
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
+from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from torch._dynamo import OptimizedModule
+
+from nnunet_ccesemi.config import MethodConfig
+from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
+from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
+from nnunet_ccesemi.training.networks import build_peer_network
+
+NETWORK_CHOICES = ("both", "a", "b")
+SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def method_config_from_checkpoint(checkpoint: dict) -> MethodConfig:
+    """The method configuration a dual-network checkpoint was trained with (tuples restored)."""
+    saved = dict(checkpoint.get("method_config") or {})
+    if "peer_blocks_per_stage" in saved:
+        saved["peer_blocks_per_stage"] = tuple(saved["peer_blocks_per_stage"])
+    known = MethodConfig.__dataclass_fields__
+    return MethodConfig(**{k: v for k, v in saved.items() if k in known})
+
+
+class DualNetworkPredictor(nnUNetPredictor):
+    """nnU-Net's predictor over network A, network B, or the mean of both networks' softmax.
+
+    Args:
+        networks: ``"both"`` (mean softmax of A and B), ``"a"`` or ``"b"``.
+        uncertainty_folder: where to write the per-case uncertainty maps; ``None`` writes none.
+        **kwargs: nnUNetPredictor's arguments (tile_step_size, use_gaussian, use_mirroring, device, ...).
+    """
+
+    def __init__(self, networks: str = "both", uncertainty_folder: Optional[str] = None, **kwargs):
+        if networks not in NETWORK_CHOICES:
+            raise ValueError(f"networks must be one of {NETWORK_CHOICES}, got {networks!r}")
+        super().__init__(**kwargs)
+        self.networks = networks
+        self.uncertainty_folder = uncertainty_folder
+        self.network_b = None
+        self.parameters_b: list[dict] = []
+        self.method_config: Optional[MethodConfig] = None
+        self._current_case: Optional[dict] = None
+
+    # ------------------------------------------------------------------ loading
+    def initialize_from_trained_model_folder(self, model_training_output_dir: str,
+                                             use_folds: Optional[Sequence] = None,
+                                             checkpoint_name: str = "checkpoint_final.pth"):
+        if use_folds is None:
+            use_folds = nnUNetPredictor.auto_detect_available_folds(model_training_output_dir, checkpoint_name)
+        if isinstance(use_folds, str):
+            use_folds = [use_folds]
+        checkpoints = [join(model_training_output_dir, f"fold_{fold}", checkpoint_name) for fold in use_folds]
+        peers = [self._peer_weights(path) for path in checkpoints]  # refuse single-network checkpoints first
+        super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
+        self.parameters_b = [weights for weights, _ in peers]
+        self.method_config = peers[0][1]
+        network_b = build_peer_network(
+            self.configuration_manager,
+            determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
+            self.label_manager.num_segmentation_heads, False, self.method_config.peer_architecture,
+            self.method_config.peer_blocks_per_stage)
+        network_b.load_state_dict(self.parameters_b[0])
+        if isinstance(self.network, OptimizedModule):  # nnU-Net compiled A: do the same for B
+            network_b = torch.compile(network_b)
+        self.network_b = network_b
+        if self.label_manager.has_regions:
+            raise ValueError("averaging softmax outputs needs mutually exclusive classes; this dataset has regions")
+
+    @staticmethod
+    def _peer_weights(checkpoint_path: str) -> tuple[dict, MethodConfig]:
+        if not os.path.isfile(checkpoint_path):
+            raise FileNotFoundError(f"no checkpoint at {checkpoint_path} (train this fold first, or pick another "
+                                    f"checkpoint with -chk)")
+        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        if PEER_WEIGHTS_KEY not in checkpoint:
+            raise CheckpointError(
+                f"{checkpoint_path} holds no network B ('{PEER_WEIGHTS_KEY}'): it was written by "
+                f"{checkpoint.get('trainer_name', 'an unknown trainer')}, a single-network trainer. Predict it "
+                f"with nnUNetv2_predict, or pass a dual-network trainer's results (e.g. -tr nnUNetTrainerCCE).")
+        return checkpoint[PEER_WEIGHTS_KEY], method_config_from_checkpoint(checkpoint)
+
+    # ------------------------------------------------------------------ prediction
+    @contextlib.contextmanager
+    def _using(self, network: torch.nn.Module, parameters: list[dict]):
+        """nnU-Net's sliding window reads ``self.network`` and ``self.list_of_parameters``: swap them."""
+        saved = self.network, self.list_of_parameters
+        self.network, self.list_of_parameters = network, parameters
+        try:
+            yield
+        finally:
+            self.network, self.list_of_parameters = saved
+
+    def _probabilities(self, data: torch.Tensor, network: str) -> torch.Tensor:
+        """One network's softmax, its logits averaged over the folds as nnU-Net does."""
+        if network == "a":
+            logits = super().predict_logits_from_preprocessed_data(data)
+        else:
+            with self._using(self.network_b, self.parameters_b):
+                logits = super().predict_logits_from_preprocessed_data(data)
+        return torch.softmax(logits.float(), dim=0)
+
+    @torch.inference_mode()
+    def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
+        if self.network_b is None:  # initialised by nnU-Net's manual_initialization: A only
+            return super().predict_logits_from_preprocessed_data(data)
+        members = ("a", "b") if self.networks == "both" else (self.networks,)
+        probs = {network: self._probabilities(data, network) for network in members}
+        mean = sum(probs.values()) / len(probs)
+        if self.uncertainty_folder is not None and self._current_case is not None \
+                and self._current_case.get("ofile") is not None:
+            maps = {"entropy": predictive_entropy(mean)}
+            if len(probs) == 2:
+                maps["disagreement"] = symmetric_kl(probs["a"], probs["b"])
+            self._write_uncertainty_maps(maps, self._current_case)
+        return mean.clamp_min(torch.finfo(torch.float32).tiny).log()
+
+    def predict_from_data_iterator(self, data_iterator: Iterable, save_probabilities: bool = False,
+                                   num_processes_segmentation_export: int = default_num_processes):
+        if self.uncertainty_folder is None:
+            return super().predict_from_data_iterator(data_iterator, save_probabilities,
+                                                      num_processes_segmentation_export)
+        os.makedirs(self.uncertainty_folder, exist_ok=True)
+
+        def remembering_the_case(items):
+            # nnU-Net's loop takes one case and then predicts it: the maps need its file name and geometry
+            for item in items:
+                self._current_case = item
+                yield item
+
+        try:
+            return super().predict_from_data_iterator(remembering_the_case(data_iterator), save_probabilities,
+                                                      num_processes_segmentation_export)
+        finally:
+            self._current_case = None
+            if isinstance(data_iterator, MultiThreadedAugmenter):
+                data_iterator._finish()
+
+    # ------------------------------------------------------------------ uncertainty export
+    def _write_uncertainty_maps(self, maps: dict[str, torch.Tensor], case: dict) -> None:
+        properties = case["data_properties"]
+        stacked = torch.stack(list(maps.values())).cpu()
+        in_input_geometry = self._to_input_geometry(stacked, properties)
+        ending = self.dataset_json.get("file_ending", ".nii.gz")
+        ending = ending if ending in SITK_ENDINGS else ".nii.gz"
+        case_name = basename(case["ofile"])
+        for name, volume in zip(maps, in_input_geometry):
+            sitk.WriteImage(self._as_image(volume, properties),
+                            join(self.uncertainty_folder, f"{case_name}_{name}{ending}"), True)
+
+    def _to_input_geometry(self, maps: torch.Tensor, properties: dict) -> np.ndarray:
+        """The geometry steps of nnU-Net's export (resample, revert crop, revert transpose), for float maps."""
+        plans, configuration = self.plans_manager, self.configuration_manager
+        spacing_transposed = [properties["spacing"][i] for i in plans.transpose_forward]
+        shape_before_resampling = properties["shape_after_cropping_and_before_resampling"]
+        current_spacing = configuration.spacing if len(configuration.spacing) == len(shape_before_resampling) \
+            else [spacing_transposed[0], *configuration.spacing]
+        resampled = configuration.resampling_fn_probabilities(maps, shape_before_resampling, current_spacing,
+                                                              spacing_transposed)
+        resampled = np.asarray(resampled.cpu() if isinstance(resampled, torch.Tensor) else resampled, np.float32)
+        # outside nnU-Net's crop (the zero border) the model made no decision: uncertainty 0
+        full = np.zeros((resampled.shape[0], *properties["shape_before_cropping"]), np.float32)
+        for channel in range(resampled.shape[0]):
+            full[channel] = insert_crop_into_image(full[channel], resampled[channel],
+                                                   properties["bbox_used_for_cropping"])
+        return full.transpose([0] + [i + 1 for i in plans.transpose_backward])
+
+    @staticmethod
+    def _as_image(volume: np.ndarray, properties: dict) -> sitk.Image:
+        """A float map with the input's geometry, as nnU-Net's SimpleITK writers write segmentations."""
+        itk = properties.get("sitk_stuff")
+        if itk is None:  # read by another reader: spacing is all nnU-Net keeps that SimpleITK understands
+            image = sitk.GetImageFromArray(volume)
+            image.SetSpacing([float(s) for s in properties["spacing"][::-1]])
+            return image
+        image = sitk.GetImageFromArray(volume[0] if len(itk["spacing"]) == 2 else volume)  # 2D: (1, x, y)
+        image.SetSpacing(itk["spacing"])
+        image.SetOrigin(itk["origin"])
+        image.SetDirection(itk["direction"])
+        if "original_orientation" in itk:  # SimpleITKIOWithReorient read it reoriented to RAS
+            image = sitk.DICOMOrient(image, itk["original_orientation"])
+        return image

@@ -1,0 +1,31 @@
+"""Voxel-wise uncertainty of a two-network prediction, as pure tensor functions.
+
+Both take class probabilities of shape (C, *spatial) (one case, nnU-Net's predictor layout) and
+return a float32 map of shape (*spatial).
+"""
+from __future__ import annotations
+
+import torch
+
+from nnunet_ccesemi.losses.entropy import normalized_entropy
+
+
+def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Normalised entropy of the (averaged) prediction, ``-Σ_c p̄_c log p̄_c / log C``, in [0, 1].
+
+    0 where the ensemble is certain of one class, 1 where it is uniform over the C classes.
+    """
+    return normalized_entropy(probs.unsqueeze(0))[0]
+
+
+def symmetric_kl(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """The networks' disagreement ``KL(p_a ‖ p_b) + KL(p_b ‖ p_a) = Σ_c (p_a,c − p_b,c)(log p_a,c − log p_b,c)``.
+
+    Non-negative, 0 where both networks give the same distribution; the probabilities are clamped at
+    ``eps`` inside the logarithms so that saturated softmax outputs give finite values.
+    """
+    if probs_a.shape != probs_b.shape:
+        raise ValueError(f"probability maps differ in shape: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
+    probs_a, probs_b = probs_a.float(), probs_b.float()
+    log_ratio = probs_a.clamp_min(eps).log() - probs_b.clamp_min(eps).log()
+    return ((probs_a - probs_b) * log_ratio).sum(0)

@@ -1,0 +1,103 @@
+"""Two-network prediction through nnU-Net's predictor, and the uncertainty maps."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
+from tests.conftest import CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
+
+TRAINER = "nnUNetTrainerCCE_5epochs"
+
+
+def test_predictive_entropy_by_hand():
+    probs = torch.tensor([[1.0, 0.5, 0.9], [0.0, 0.5, 0.1]])  # (C=2, 3 voxels)
+    expected = [0.0, 1.0, -(0.9 * math.log(0.9) + 0.1 * math.log(0.1)) / math.log(2)]
+    torch.testing.assert_close(predictive_entropy(probs), torch.tensor(expected))
+
+
+def test_symmetric_kl_by_hand():
+    probs_a = torch.tensor([[0.8, 0.5], [0.2, 0.5]])
+    probs_b = torch.tensor([[0.4, 0.5], [0.6, 0.5]])
+    expected = (0.8 - 0.4) * math.log(0.8 / 0.4) + (0.2 - 0.6) * math.log(0.2 / 0.6)
+    torch.testing.assert_close(symmetric_kl(probs_a, probs_b), torch.tensor([expected, 0.0]))
+    torch.testing.assert_close(symmetric_kl(probs_b, probs_a), symmetric_kl(probs_a, probs_b))
+
+
+def test_symmetric_kl_of_saturated_outputs_is_finite():
+    one_hot = torch.tensor([[1.0], [0.0]])
+    assert torch.isfinite(symmetric_kl(one_hot, one_hot.flip(0))).all()
+    with pytest.raises(ValueError, match="differ in shape"):
+        symmetric_kl(one_hot, torch.ones(3, 1) / 3)
+
+
+def _predict(planned, output, *extra, command="nnUNetv2_ccesemi_predict"):
+    run_cli([command, "-i", str(planned["raw"] / "imagesTs"), "-o", str(output), "-d", str(DATASET_ID), "-c", CONFIG,
+             "-f", "all", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar",
+             *extra], planned["env"])
+
+
+def _probabilities(folder, case):
+    return np.load(folder / f"{case}.npz")["probabilities"]
+
+
+@pytest.mark.integration
+def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
+    planned, _ = trained_cce
+    outputs = {name: tmp_path / name for name in ("stock", "a", "b", "both")}
+    _predict(planned, outputs["stock"], "--save_probabilities", command="nnUNetv2_predict")
+    for networks in ("a", "b"):
+        _predict(planned, outputs[networks], "--networks", networks, "--save_probabilities")
+    _predict(planned, outputs["both"], "--save_probabilities", "--uncertainty")
+
+    for image_file in sorted((planned["raw"] / "imagesTs").iterdir()):
+        case = image_file.name.replace("_0000.nii.gz", "")
+        # network A alone is exactly the stock predictor
+        np.testing.assert_allclose(_probabilities(outputs["a"], case), _probabilities(outputs["stock"], case),
+                                   atol=1e-6)
+        # the ensemble is the mean of the two networks' softmax (no resampling on this dataset)
+        mean = (_probabilities(outputs["a"], case) + _probabilities(outputs["b"], case)) / 2
+        np.testing.assert_allclose(_probabilities(outputs["both"], case), mean, atol=1e-5)
+        segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs["both"] / f"{case}.nii.gz")))
+        np.testing.assert_array_equal(segmentation, mean.argmax(0))
+
+        source = sitk.ReadImage(str(image_file))
+        entropy = sitk.ReadImage(str(outputs["both"] / "uncertainty" / f"{case}_entropy.nii.gz"))
+        disagreement = sitk.ReadImage(str(outputs["both"] / "uncertainty" / f"{case}_disagreement.nii.gz"))
+        for image in (entropy, disagreement):
+            assert image.GetSize() == source.GetSize()
+            np.testing.assert_allclose(image.GetSpacing(), source.GetSpacing(), atol=1e-6)
+            np.testing.assert_allclose(image.GetOrigin(), source.GetOrigin(), atol=1e-6)
+            np.testing.assert_allclose(image.GetDirection(), source.GetDirection(), atol=1e-6)
+        entropy = sitk.GetArrayFromImage(entropy)
+        expected = predictive_entropy(torch.from_numpy(mean)).numpy()
+        np.testing.assert_allclose(entropy, expected, atol=1e-4)
+        assert (sitk.GetArrayFromImage(disagreement) >= 0).all()
+    # nothing but segmentations where evaluation tools look
+    assert sorted(p.name for p in outputs["both"].glob("*.nii.gz")) == \
+        sorted(p.name.replace("_0000", "") for p in (planned["raw"] / "imagesTs").iterdir())
+
+
+@pytest.mark.integration
+def test_single_network_checkpoint_is_refused_with_a_sentence(trained_cce, tmp_path):
+    planned = copy_dataset(trained_cce[0], tmp_path / "copy")
+    checkpoint_file = trained_folder(planned, TRAINER) / "checkpoint_final.pth"
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
+    del checkpoint["network_b_weights"]
+    checkpoint["trainer_name"] = "nnUNetTrainer"
+    torch.save(checkpoint, checkpoint_file)
+    result = run_cli(["nnUNetv2_ccesemi_predict", "-i", str(planned["raw"] / "imagesTs"), "-o", str(tmp_path / "o"),
+                      "-d", str(DATASET_ID), "-c", CONFIG, "-f", "all", "-tr", TRAINER, "-device", "cpu"],
+                     planned["env"], check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "holds no network B" in result.stderr and "nnUNetv2_predict" in result.stderr
+    missing = run_cli(["nnUNetv2_ccesemi_predict", "-i", str(planned["raw"] / "imagesTs"), "-o", str(tmp_path / "o"),
+                       "-d", str(DATASET_ID), "-c", CONFIG, "-f", "all", "-tr", "nnUNetTrainerCPS", "-device", "cpu"],
+                      planned["env"], check=False)
+    assert missing.returncode != 0 and "no trained model at" in missing.stderr
+    shutil.rmtree(tmp_path / "copy")
