@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -160,3 +161,24 @@ def test_out_of_memory_after_the_first_epoch_is_raised(started_trainer, monkeypa
     with pytest.raises(torch.OutOfMemoryError):
         trainer.train_step(next(trainer.dataloader_train))
     assert not trainer.sequential_step
+
+
+def test_same_seed_same_first_losses_on_the_cpu(planned_dataset, monkeypatch):
+    """Determinism: nnUNet_ccesemi_seed fixes initialisation, patches, augmentation and voxel sampling."""
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "1234")
+    runs = []
+    for _ in range(2):
+        trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset)
+        trainer.on_train_start()
+        trainer.on_train_epoch_start()
+        trainer.current_epoch = 3  # every term active, including the prototype contrast
+        runs.append([trainer.train_step(next(trainer.dataloader_train)) for _ in range(2)])
+        assert trainer.seed == 1234
+    for first, second in zip(*runs):
+        assert first.keys() == second.keys()
+        for key in first:
+            if key != "ccesemi_unlabeled_wait_s":
+                assert first[key] == second[key], key
+    text = max(Path(trainer.output_folder).glob("training_log_*.txt")).read_text()
+    assert "seed 1234" in text and "method configuration:" in text and "nnunet_ccesemi 0." in text

@@ -18,6 +18,8 @@ cross pseudo supervision, CCE, or an ablation.
 """
 from __future__ import annotations
 
+import os
+import random
 from os.path import join
 from time import perf_counter
 from typing import List
@@ -45,10 +47,29 @@ from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, con
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
+SEED_VARIABLE = "nnUNet_ccesemi_seed"
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
 FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
+
+
+def seed_from_environment() -> int:
+    """The seed in ``nnUNet_ccesemi_seed``, or a fresh one (nnU-Net itself never seeds: runs differ)."""
+    value = os.environ.get(SEED_VARIABLE)
+    if value is None:
+        return random.SystemRandom().randrange(2**31)
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python's, NumPy's and torch's global generators (which nnU-Net's loaders and inits use)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def labeled_part(output, n_labeled: int):
@@ -79,6 +100,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self._feature_hooks: list[DecoderFeatureHook] = []
         self._iteration_in_epoch = 0
         self._steps_this_run = 0
+        self.seed = seed_from_environment()
         self.unlabeled_folder = preprocessed_unlabeled_folder(self.preprocessed_dataset_folder_base,
                                                               self.configuration_manager.data_identifier)
 
@@ -90,6 +112,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if self.is_cascaded:
             raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
                              f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
+        # each DDP rank its own stream of random patches, as nnU-Net's unseeded ranks have
+        seed_everything(self.seed + self.local_rank)
         super().initialize()
         config = self.method_config
         network_b = build_peer_network(self.configuration_manager, self.num_input_channels,
@@ -112,7 +136,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.print_to_log_file(
             f"nnunet_ccesemi {__version__}: network A {unwrap(self.network).__class__.__name__} "
             f"({n_params[0] / 1e6:.2f} M parameters), network B {unwrap(self.network_b).__class__.__name__} "
-            f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}")
+            f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}\n"
+            f"seed {self.seed} for Python, NumPy and torch (set {SEED_VARIABLE}={self.seed} to repeat it; runs repeat "
+            f"exactly on the CPU with nnUNet_n_proc_DA=0)")
 
     def configure_optimizers(self):
         optimizer, lr_scheduler = super().configure_optimizers()
