@@ -1,0 +1,97 @@
+"""Bad input the converters and CLI tests do not already cover: each a sentence naming the file or field.
+
+The README's troubleshooting table lists every class of bad input and where it is tested.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ccesemi.data.layout import UnlabeledDataError, check_preprocessed_unlabeled, manifest_path
+from nnunet_ccesemi.data.preprocess import check_dimensionality
+from nnunet_ccesemi.training.dual_network_trainer import seed_from_environment
+from tests.conftest import CONFIG, DATASET_ID, run_cli
+
+COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled -d Dataset777_Tiny -c 3d_cpu -p nnUNetPlans"
+
+
+def _preprocessed_folder(tmp_path, cases=("u1",), fingerprint="abc", pkl=True):
+    folder = tmp_path / "nnUNetPlans_3d_fullres_unlabeled"
+    folder.mkdir()
+    for case in cases:
+        for suffix in (".b2nd", "_seg.b2nd") + ((".pkl",) if pkl else ()):
+            (folder / f"{case}{suffix}").write_bytes(b"")
+    if fingerprint is not None:
+        with open(manifest_path(str(folder)), "w") as f:
+            json.dump({"fingerprint": fingerprint}, f)
+    return str(folder)
+
+
+def _check(folder, fingerprint="abc"):
+    return check_preprocessed_unlabeled(folder, fingerprint, "Dataset777_Tiny", "3d_cpu", "nnUNetPlans")
+
+
+def test_preprocessed_unlabelled_folder_is_checked_before_training(tmp_path):
+    assert _check(_preprocessed_folder(tmp_path)) == ["u1"]
+
+
+def test_missing_preprocessed_unlabelled_cases_name_the_command(tmp_path):
+    with pytest.raises(UnlabeledDataError, match=f"No preprocessed unlabelled cases .* Run `{COMMAND}` first"):
+        _check(str(tmp_path / "absent"))
+
+
+def test_unlabelled_cases_made_with_other_plans_are_refused(tmp_path):
+    with pytest.raises(UnlabeledDataError, match=f"other plans than this training .* Run `{COMMAND}`"):
+        _check(_preprocessed_folder(tmp_path), fingerprint="other")
+
+
+def test_unlabelled_folder_without_manifest_is_refused(tmp_path):
+    with pytest.raises(UnlabeledDataError, match="is missing, so the plans of .* are unknown"):
+        _check(_preprocessed_folder(tmp_path, fingerprint=None))
+
+
+def test_interrupted_unlabelled_preprocessing_is_named(tmp_path):
+    folder = _preprocessed_folder(tmp_path, cases=("u1",))
+    for suffix in (".b2nd", "_seg.b2nd"):  # u2 lacks its .pkl: the preprocessing was interrupted
+        (tmp_path / "nnUNetPlans_3d_fullres_unlabeled" / f"u2{suffix}").write_bytes(b"")
+    with pytest.raises(UnlabeledDataError, match=r"\['u2'\] .* are incomplete"):
+        _check(folder)
+
+
+def test_corrupt_unlabelled_image_is_named(tmp_path):
+    reference = tmp_path / "lab_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(reference))
+    corrupt = tmp_path / "unl_0000.nii.gz"
+    corrupt.write_bytes(b"this is not a NIfTI file")
+    with pytest.raises(UnlabeledDataError, match="Cannot read the image header of .*unl_0000.nii.gz"):
+        check_dimensionality({"unl": [str(corrupt)]}, str(reference))
+
+
+def test_seed_variable_must_be_an_integer(monkeypatch):
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "twelve")
+    with pytest.raises(ValueError, match="nnUNet_ccesemi_seed must be an integer, got 'twelve'"):
+        seed_from_environment()
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "12")
+    assert seed_from_environment() == 12
+
+
+@pytest.mark.integration
+def test_preprocess_unlabelled_for_a_configuration_not_in_the_plans(planned_dataset):
+    result = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_lowres"],
+                     planned_dataset["env"], check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert "Configuration '3d_lowres' is not in" in result.stderr and "3d_cpu" in result.stderr
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("args, message", [
+    ([CONFIG, "all", "-tr", "nnUNetTrainerCCEE"], "Could not find requested nnunet trainer nnUNetTrainerCCEE"),
+    (["3d_lowres", "all", "-tr", "nnUNetTrainerCCE_5epochs"], "3d_lowres"),
+])
+def test_train_typos_reach_the_user(planned_dataset, args, message):
+    result = run_cli(["nnUNetv2_train", str(DATASET_ID), *args, "-device", "cpu"], planned_dataset["env"], check=False)
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
