@@ -8,23 +8,28 @@ random tensors and nnU-Net's Dice+CE (what any dual-network step must pay), meas
     python benchmarks/step_time.py -d 601 -c 3d_cpu --iterations 20 --device cpu
 
 Prints one line per trainer: mean and median seconds per iteration, the ratio to the first trainer
-and to the floor, the unlabelled-batch wait, and peak memory (CPU RSS; CUDA max allocated).
+and to the floor, the unlabelled-batch wait, and peak memory (CPU RSS; CUDA max allocated). Each row
+runs in its own fresh process, so every peak belongs to its row alone.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import resource
 import statistics
 import sys
 import tempfile
 import time
+import traceback
 from os.path import join
 
 import torch
 
-DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerCCE")
+DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCPS", "nnUNetTrainerCCE", "nnUNetTrainerCPS_lowMem",
+                    "nnUNetTrainerCCE_lowMem")
+FLOOR = "floor (A+B fwd+bwd, concatenated)"
 
 
 def peak_memory_gib(device: torch.device) -> float:
@@ -54,6 +59,12 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def finish_loaders(trainer) -> None:
+    for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(trainer, "dataloader_unlabeled", None)):
+        if hasattr(loader, "_finish"):
+            loader._finish()
+
+
 def time_trainer(trainer, iterations: int, warmup: int) -> dict:
     trainer.on_train_start()
     trainer.on_train_epoch_start()
@@ -69,9 +80,7 @@ def time_trainer(trainer, iterations: int, warmup: int) -> dict:
                 times.append(time.perf_counter() - started)
                 waits.append(float(output.get("ccesemi_unlabeled_wait_s", 0.0)))
     finally:
-        for loader in (trainer.dataloader_train, trainer.dataloader_val, getattr(trainer, "dataloader_unlabeled", None)):
-            if hasattr(loader, "_finish"):
-                loader._finish()
+        finish_loaders(trainer)
     return {"mean": statistics.mean(times), "median": statistics.median(times), "wait": statistics.mean(waits),
             "peak_gib": peak_memory_gib(trainer.device)}
 
@@ -115,6 +124,36 @@ def time_floor(trainer, iterations: int, warmup: int) -> dict:
             "peak_gib": peak_memory_gib(trainer.device)}
 
 
+def measure_rows(results, name: str, dataset: str, configuration: str, plans: str, device: str,
+                 iterations: int, warmup: int, describe: bool) -> None:
+    try:
+        results.put(_measure_rows(name, dataset, configuration, plans, torch.device(device), iterations, warmup,
+                                  describe))
+    except BaseException:
+        results.put(traceback.format_exc())
+        raise
+
+
+def _measure_rows(name, dataset, configuration, plans, device, iterations, warmup, describe) -> dict:
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    # the floor borrows the CPS trainer's network A, loaders, loss and network-B recipe
+    trainer = build_trainer("nnUNetTrainerCPS" if name == FLOOR else name, dataset, configuration, plans, device)
+    if describe:
+        manager = trainer.configuration_manager
+        print(f"dataset {dataset}, configuration {configuration}: patch {manager.patch_size}, batch "
+              f"{manager.batch_size}, network {manager.network_arch_class_name.split('.')[-1]}", flush=True)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    if name == FLOOR:
+        trainer.on_train_start()
+        try:
+            return {name: time_floor(trainer, iterations, warmup)}
+        finally:
+            finish_loaders(trainer)
+    return {name: time_trainer(trainer, iterations, warmup)}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-d", required=True, help="dataset name or ID (planned, preprocessed, unlabelled done)")
@@ -137,21 +176,19 @@ def main(argv=None) -> None:
           f"compile {os.environ.get('nnUNet_compile', 'default (on for CUDA)')}, AMP {device.type == 'cuda'}")
 
     rows = {}
-    for name in args.trainers:
-        trainer = build_trainer(name, args.d, args.c, args.p, device)
-        if not rows:
-            print(f"dataset {args.d}, configuration {args.c}: patch {trainer.configuration_manager.patch_size}, "
-                  f"batch {trainer.configuration_manager.batch_size}, "
-                  f"network {trainer.configuration_manager.network_arch_class_name.split('.')[-1]}")
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        rows[name] = time_trainer(trainer, args.iterations, args.warmup)
+    context = multiprocessing.get_context("spawn")
+    for name in list(args.trainers) + ([] if args.no_floor else [FLOOR]):
+        # a fresh (non-daemonic: nnU-Net starts augmentation workers) process per row: its own peak memory
+        results = context.Queue()
+        process = context.Process(target=measure_rows, args=(results, name, args.d, args.c, args.p, str(device),
+                                                             args.iterations, args.warmup, not rows))
+        process.start()
+        measured = results.get()
+        process.join()
+        if isinstance(measured, str):
+            sys.exit(f"{name} failed:\n{measured}")
+        rows.update(measured)
         print(f"  measured {name}", file=sys.stderr, flush=True)
-        if not args.no_floor and "floor" not in rows and hasattr(trainer, "method_config"):
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            rows["floor (A+B fwd+bwd, concatenated)"] = time_floor(trainer, args.iterations, args.warmup)
-        del trainer
 
     first = rows[args.trainers[0]]["mean"]
     floor = next((r["mean"] for k, r in rows.items() if k.startswith("floor")), None)
