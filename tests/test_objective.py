@@ -304,7 +304,7 @@ def test_prototype_banks_are_state_and_update_on_request():
 def test_bad_inputs_raise():
     batch = make_batch(SHAPES["2d-c2"])
     objective = DualNetworkObjective(CCE_CONFIG, 2)
-    with pytest.raises(ValueError, match="features_a and features_b"):
+    with pytest.raises(ValueError, match="needs features_b"):
         objective(**{**batch, "features_b": None}, contrast_weight=0.1)
     objective(**{**batch, "features_a": None, "features_b": None}, contrast_weight=0.0)  # contrast off: fine
     with pytest.raises(ValueError, match="C=3"):

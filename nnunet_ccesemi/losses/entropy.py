@@ -52,9 +52,27 @@ def _distributed_active(distributed: Optional[bool]) -> bool:
 
 
 def _gather_from_all_ranks(flat: torch.Tensor) -> torch.Tensor:
+    """The concatenation of every rank's 1-D ``flat``, in rank order, on every rank.
+
+    Ranks may hold different numbers of values: nnU-Net splits a global batch of 5 as 3 + 2 over two
+    GPUs (and the unlabelled stream follows the per-rank batch size), and ``all_gather`` needs equal
+    sizes (gloo aborts the process on a mismatch, NCCL reads garbage). So the sizes are exchanged
+    first (one small all_gather and one host synchronisation, to size the buffers), every rank pads
+    to the largest, and the padding is cut off again.
+    """
+    world_size = dist.get_world_size()
     # all_gather (not all_gather_into_tensor) works on both the NCCL and the gloo backend.
-    gathered = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
+    size = torch.tensor([flat.numel()], dtype=torch.long, device=flat.device)
+    sizes = [torch.empty_like(size) for _ in range(world_size)]
+    dist.all_gather(sizes, size)
+    sizes = torch.cat(sizes).tolist()
+    largest = max(sizes)
+    if flat.numel() < largest:
+        flat = torch.cat((flat, flat.new_zeros(largest - flat.numel())))
+    gathered = [torch.empty_like(flat) for _ in range(world_size)]
     dist.all_gather(gathered, flat.contiguous())
+    if min(sizes) < largest:
+        gathered = [values[:count] for values, count in zip(gathered, sizes)]
     return torch.cat(gathered)
 
 
@@ -75,8 +93,10 @@ def batch_quantile(
     accepts more than 2^24 elements; the input is cast to float32 first (half is refused too).
 
     Under ``torch.distributed`` the flattened values of every rank are all-gathered first, so all ranks
-    get the same, global threshold. This assumes every rank passes the same number of elements (true
-    for equally sized patch batches); ``all_gather`` requires it.
+    get the same, global threshold (exactly that of the concatenated batch). Ranks may pass different
+    numbers of elements, none included (nnU-Net's per-rank batch sizes differ by one when the global
+    batch does not divide evenly); learning the other ranks' counts costs one host synchronisation.
+    Every rank must call this function (it is a collective).
 
     Args:
         values: any shape, any floating dtype; not differentiated through (detached).
@@ -87,20 +107,24 @@ def batch_quantile(
             is initialised.
 
     Returns:
-        0-dim float32 tensor on ``values.device``.
+        0-dim float32 tensor on ``values.device``; NaN under ``torch.distributed`` when no rank has any
+        element (every rank then gets NaN, instead of one rank raising while the others wait).
 
     Raises:
-        ValueError: ``q`` outside [0, 1], an unknown interpolation, or no elements.
+        ValueError: ``q`` outside [0, 1], an unknown interpolation, or no elements (single process).
     """
     if not 0.0 <= q <= 1.0:
         raise ValueError(f"q must lie in [0, 1], got {q}")
     if interpolation not in ("linear", "lower", "higher"):
         raise ValueError(f"interpolation must be 'linear', 'lower' or 'higher', got {interpolation!r}")
     flat = values.detach().reshape(-1).float()
-    if _distributed_active(distributed):
+    gathered = _distributed_active(distributed)
+    if gathered:
         flat = _gather_from_all_ranks(flat)
     n = flat.numel()
     if n == 0:
+        if gathered:
+            return torch.full((), math.nan, dtype=torch.float32, device=values.device)
         raise ValueError(f"batch_quantile of an empty tensor (shape {tuple(values.shape)})")
     rank = q * (n - 1)
     lower_index = min(int(math.floor(rank)), n - 1)

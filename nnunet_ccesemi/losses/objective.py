@@ -18,7 +18,7 @@ from ..config import MethodConfig
 from .consistency import cosine_consistency
 from .cross_pseudo import cross_pseudo_supervision, kl_weighted_cross_pseudo_supervision, masked_cross_entropy
 from .disagreement import confident_disagreement_loss
-from .entropy import batch_quantile, normalized_entropy, reliable_mask
+from .entropy import _distributed_active, batch_quantile, normalized_entropy, reliable_mask
 from .features import l2_normalize_voxels
 from .pseudo_labels import joint_pseudo_labels
 from .prototypes import (
@@ -54,6 +54,13 @@ class DualNetworkObjective(nn.Module):
 
     A term whose configured weight is 0 is not computed. Everything runs in float32 with autocast
     disabled, whatever the precision of the inputs.
+
+    Under ``torch.distributed`` (nnU-Net's DDP) each rank passes its own rows; the thresholds ``τ^k``
+    and the prototypes are global (those of the concatenated batch of all ranks), the other terms and
+    the per-voxel statistics (``reliable_fraction``, ``agreement``, ``mean_kl_weight``) are per-rank
+    means, averaged over ranks by the trainer's epoch-end logging. Every rank must call ``forward``
+    the same number of times with the same ``students``: the unlabelled terms are collectives. A rank
+    without unlabelled rows still takes part (its per-voxel means are NaN, its terms 3 and 6 zero).
 
     Args:
         config: the method configuration.
@@ -118,7 +125,8 @@ class DualNetworkObjective(nn.Module):
         Returns:
             ``(loss, stats)``: the 0-dim float32 loss, and a dict of detached 0-dim float32 tensors
             (each computed term, ``reliable_fraction``, ``agreement``, ``mean_kl_weight``,
-            ``num_prototypes``, ``entropy_threshold_a/b``, ``total``); nothing synchronises with the host.
+            ``num_prototypes``, ``entropy_threshold_a/b``, ``total``); nothing synchronises with the host
+            in a single process (under DDP each threshold first learns the other ranks' voxel counts).
         """
         config = self.config
         if not students or not set(students) <= set(NETWORKS):
@@ -127,6 +135,9 @@ class DualNetworkObjective(nn.Module):
                            students)
         device = logits_a.device
         n_unlabeled = logits_a.shape[0] - n_labeled
+        # Under DDP a rank without unlabelled rows must still join the collectives of terms 3 and 6
+        # (thresholds, prototypes), or the ranks that have some wait forever.
+        has_unlabeled = n_unlabeled > 0 or _distributed_active(None)
         with torch.autocast(device_type=device.type, enabled=False):
             logits = {"a": logits_a.float(), "b": logits_b.float()}
             probs = {net: torch.softmax(logits[net], dim=1) for net in NETWORKS}
@@ -151,7 +162,7 @@ class DualNetworkObjective(nn.Module):
                     total = total + config.disagreement_weight * term
 
             needs_pseudo_labels = config.entropy_filter_weight > 0 or self._contrast_active(contrast_weight)
-            if n_unlabeled > 0:
+            if has_unlabeled:
                 with torch.no_grad():
                     probs_unlabeled = {net: probs[net][n_labeled:].detach() for net in NETWORKS}
                     labels_unlabeled = {net: probs_unlabeled[net].argmax(1) for net in NETWORKS}
@@ -159,7 +170,7 @@ class DualNetworkObjective(nn.Module):
                     if needs_pseudo_labels:
                         reliable, pseudo_labels = self._reliable_pseudo_labels(probs_unlabeled, stats)
 
-            if config.entropy_filter_weight > 0 and n_unlabeled > 0:
+            if config.entropy_filter_weight > 0 and has_unlabeled:
                 for net in students:
                     term = masked_cross_entropy(logits[net][n_labeled:], pseudo_labels, reliable)
                     stats[f"entropy_filter_{net}"] = term.detach()
@@ -189,7 +200,7 @@ class DualNetworkObjective(nn.Module):
                 if "a" not in students:
                     counted_in_stats = counted_in_stats - unsup_weight * config.cosine_weight * term.detach()
 
-            if self._contrast_active(contrast_weight) and n_unlabeled > 0:
+            if self._contrast_active(contrast_weight) and has_unlabeled:
                 # All rows, or only the unlabelled ones.
                 features = {
                     net: f[n_labeled:] if f.shape[0] == logits_a.shape[0] else f
@@ -283,7 +294,7 @@ class DualNetworkObjective(nn.Module):
             )
         if target_labeled is not None and target_labeled.shape[0] != n_labeled:
             raise ValueError(f"target_labeled has {target_labeled.shape[0]} rows, n_labeled is {n_labeled}")
-        if self._contrast_active(contrast_weight) and logits_a.shape[0] > n_labeled:
+        if self._contrast_active(contrast_weight) and (logits_a.shape[0] > n_labeled or _distributed_active(None)):
             needed = {f"features_{net}": features for net, features in (("a", features_a), ("b", features_b))
                       if net in students}
             missing = [name for name, features in needed.items() if features is None]

@@ -53,7 +53,8 @@ def class_prototypes(
     sums are ``features (B, F, V) @ one_hot (B, V, C+1)`` (masked-out voxels go to an extra column
     that is dropped): one matrix product, deterministic, no per-class loop. Under
     ``torch.distributed`` the per-class sums and counts are all-reduced first, so every rank gets
-    the same, global prototypes.
+    the same, global prototypes (a class seen on one rank only is present on all); every rank must
+    call this function, also one with no rows (B = 0).
 
     Args:
         features: (B, F, *spatial) voxel features, usually L2-normalised per voxel; detached here.
@@ -74,18 +75,24 @@ def class_prototypes(
             f"got {tuple(labels.shape)} and {tuple(mask.shape)}"
         )
     batch_size, feature_dim = features.shape[:2]
+    # Explicit voxel count, not -1: a rank without unlabelled rows (B = 0) still joins the all-reduce.
+    num_voxels = math.prod(features.shape[2:])
     column = torch.where(mask.bool(), labels.long(), torch.full_like(labels, num_classes, dtype=torch.long))
-    column = column.reshape(batch_size, -1, 1)
+    column = column.reshape(batch_size, num_voxels, 1)
     with _autocast_off(features.device):
-        flat_features = features.detach().float().reshape(batch_size, feature_dim, -1)
+        flat_features = features.detach().float().reshape(batch_size, feature_dim, num_voxels)
         one_hot = torch.zeros(
             batch_size, column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
         ).scatter_(2, column, 1.0)
         class_sums = torch.bmm(flat_features, one_hot).sum(0).t()[:num_classes]  # (C, F)
         class_counts = one_hot.sum((0, 1))[:num_classes]
     if _distributed_active(distributed):
-        dist.all_reduce(class_sums)
-        dist.all_reduce(class_counts)
+        # One all-reduce of a fresh, contiguous (C, F + 1) tensor. ``class_sums`` itself is a transposed
+        # view: gloo reduces the underlying storage as if it were contiguous (wrong sums, silently) and
+        # NCCL refuses non-contiguous tensors.
+        reduced = torch.cat((class_sums, class_counts.unsqueeze(1)), dim=1)
+        dist.all_reduce(reduced)
+        class_sums, class_counts = reduced[:, :-1], reduced[:, -1]
     prototypes = F.normalize(class_sums, p=2.0, dim=1, eps=eps)
     return prototypes, class_counts > 0
 

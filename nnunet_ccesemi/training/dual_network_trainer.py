@@ -215,6 +215,12 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             try:
                 stats = self._joint_step(data, target, n_labeled, *ramps)
             except torch.OutOfMemoryError:
+                if self.is_ddp:
+                    # the ranks would leave each other's collectives: switching needs every rank's consent
+                    self.print_to_log_file("The joint step ran out of memory. Under DDP the switch to the low-"
+                                           "memory step is not automatic: train a _lowMem variant (e.g. "
+                                           "nnUNetTrainerCCE_lowMem) or a subclass with sequential_step = True.")
+                    raise
                 if self._steps_this_run >= self.num_iterations_per_epoch:
                     raise
                 out_of_memory = True  # recover outside the handler: its traceback holds the step's tensors
