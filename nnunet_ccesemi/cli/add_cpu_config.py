@@ -95,8 +95,9 @@ def count_parameters(plans: dict, configuration: str, dataset_json: dict) -> int
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].strip("`: ") + ". " +
-                                     "Adds a narrow, small-patch configuration that trains on a CPU.")
+    parser = argparse.ArgumentParser(
+        description="Add a CPU-sized configuration to a dataset's plans: a narrow network and a small patch "
+                    "that inherit the source configuration's preprocessed data.")
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     parser.add_argument("--source", default="3d_fullres", help="configuration to inherit from (default 3d_fullres)")
