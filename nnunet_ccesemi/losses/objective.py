@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import MethodConfig
@@ -30,6 +31,7 @@ from .prototypes import (
 )
 
 NETWORKS = ("a", "b")
+NORMALIZE_EPS = 1e-12  # that of l2_normalize_voxels: a sampled voxel is normalised exactly as the map
 
 
 class DualNetworkObjective(nn.Module):
@@ -252,8 +254,13 @@ class DualNetworkObjective(nn.Module):
         update_prototype_bank: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
-        features_unlabeled = l2_normalize_voxels(features_unlabeled)
-        prototypes, present = class_prototypes(features_unlabeled, pseudo_labels, reliable, self.num_classes)
+        # Prototypes are constants: normalise the whole feature map without autograd, and only the
+        # sampled voxels with it (normalising the map on the graph kept an (m, F, *spatial) float32
+        # copy alive through the backward pass, for gradients that are zero but at the samples).
+        with torch.no_grad():
+            prototypes, present = class_prototypes(
+                l2_normalize_voxels(features_unlabeled.detach()), pseudo_labels, reliable, self.num_classes
+            )
         bank = self.prototype_banks[net]
         if update_prototype_bank:
             prototypes, present = bank.update(prototypes, present)
@@ -268,6 +275,7 @@ class DualNetworkObjective(nn.Module):
             generator=self.generator,
             num_classes=self.num_classes,
         )
+        sampled_features = F.normalize(sampled_features.float(), p=2.0, dim=1, eps=NORMALIZE_EPS)
         if config.contrast_loss == "infonce":
             term = prototype_infonce_loss(
                 sampled_features, sampled_labels, prototypes, present, config.contrast_temperature
