@@ -420,8 +420,12 @@ def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, s
                        split_info: dict, source: dict, converter: str, converter_version: str,
                        command: str, dataset_name: str, file_ending: str = NIFTI_ENDING,
                        reference: str | None = None, licence: str | None = None,
-                       description: str | None = None) -> None:
+                       description: str | None = None, regions_class_order: Sequence[int] | None = None,
+                       extra: dict | None = None) -> None:
     """nnU-Net's ``generate_dataset_json`` plus the semi-supervised record.
+
+    ``labels`` may hold regions (tuples of values, nnU-Net's region format) with their
+    ``regions_class_order``; ``extra`` adds keys of the converter's own.
 
     Adds ``numUnlabeled`` and ``numTest``, ``ssl_split`` (the IDs per role as written, plus
     ``split_info``: how the split was made, the lists used) and ``conversion`` (the source, the
@@ -433,8 +437,9 @@ def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, s
     generate_dataset_json(
         os.fspath(output_dir),
         channel_names=dict(channel_names),
-        labels=dict(labels),
+        labels={name: list(value) if isinstance(value, tuple) else value for name, value in labels.items()},
         num_training_cases=len(split.labeled),
+        regions_class_order=tuple(regions_class_order) if regions_class_order is not None else None,
         file_ending=file_ending,
         dataset_name=dataset_name,
         reference=reference,
@@ -452,4 +457,5 @@ def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, s
             "command_line": command,
             "source": source,
         },
+        **(extra or {}),
     )

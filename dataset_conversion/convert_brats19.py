@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
@@ -272,24 +271,12 @@ def make_jobs(split: Split, validation: Sequence[str], cases: dict[str, tuple[st
             + [job(i, "imagesVal", "labelsVal") for i in validation])
 
 
-def update_dataset_json(out_dir: Path, updates: dict) -> None:
-    """Set keys that ``write_dataset_json`` has no argument for (it has no
-    ``regions_class_order``); existing keys keep their place."""
-    path = out_dir / "dataset.json"
-    meta = json.loads(path.read_text())
-    meta.update(updates)
-    path.write_text(json.dumps(meta, indent=4))
-
-
 def extra_dataset_json(task: str, num_validation: int) -> dict:
-    """Region labels for the regions task (the values on disk go to ``label_values``) and
+    """What the values on disk mean in the regions task (``labels`` holds the regions) and
     ``numValidation`` when imagesVal/labelsVal are written."""
     extra: dict = {}
     if task == "regions":
         extra["label_values"] = REGION_VALUE_NAMES
-        extra["labels"] = {name: list(v) if isinstance(v, tuple) else v
-                           for name, v in REGION_LABELS.items()}
-        extra["regions_class_order"] = list(REGIONS_CLASS_ORDER)
     if num_validation:
         extra["numValidation"] = num_validation
     return extra
@@ -343,7 +330,9 @@ def convert(args: argparse.Namespace, command: str) -> dict:
         run_cases(convert_case, jobs, args.num_processes, desc=folder_name)
         write_dataset_json(
             out_dir, channel_names={str(c): CHANNEL_NAMES[m] for c, m in enumerate(channels)},
-            labels=WT_LABELS if args.task == "wt" else REGION_VALUE_NAMES, split=split,
+            labels=WT_LABELS if args.task == "wt" else REGION_LABELS, split=split,
+            regions_class_order=REGIONS_CLASS_ORDER if args.task == "regions" else None,
+            extra=extra_dataset_json(args.task, len(validation)),
             split_info=split_info,
             source={"dataset": "BraTS 2019 training set", "root": str(root),
                     "data_root": str(data_root), "channels": list(channels), "task": args.task,
@@ -355,7 +344,6 @@ def convert(args: argparse.Namespace, command: str) -> dict:
                          + ("whole tumour" if args.task == "wt" else "BraTS regions")
                          + ", semi-supervised split (imagesUnlabeled holds the unlabelled "
                            "cases)"))
-        update_dataset_json(out_dir, extra_dataset_json(args.task, len(validation)))
     return {"dataset": str(target), "labeled": len(split.labeled),
             "unlabeled": len(split.unlabeled), "test": len(split.test),
             "validation": len(validation)}

@@ -42,7 +42,6 @@ from nnunet_ccesemi.losses import (
     class_prototypes,
     l2_normalize_voxels,
     merge_sequential_stats,
-    normalized_entropy,
     prototype_infonce_loss,
 )
 from nnunet_ccesemi.losses import objective as objective_module
