@@ -193,3 +193,19 @@ def test_cpu_configuration_is_a_valid_network():
     n_parameters = count_parameters(plans, "3d_cpu", dataset_json)
     assert 0.2e6 < n_parameters < 5e6
     json.dumps(plans)  # still serialisable
+
+
+def test_feature_hook_does_not_break_the_compiled_graph():
+    """The contrast term's forward hook must not split ``torch.compile``'s graph (a slow-down on GPUs)."""
+    import torch._dynamo
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    from nnunet_ccesemi.losses import DecoderFeatureHook
+
+    network = PlainConvUNet(1, 3, [4, 8, 16], torch.nn.Conv3d, 3, [1, 2, 2], 1, 2, 1, conv_bias=True,
+                            norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                            nonlin=torch.nn.LeakyReLU, deep_supervision=True)
+    hook = DecoderFeatureHook(network.decoder.stages[-1])
+    explanation = torch._dynamo.explain(network)(torch.randn(1, 1, 8, 16, 16))
+    assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+    assert hook.features is not None and hook.features.shape == (1, 4, 8, 16, 16)
