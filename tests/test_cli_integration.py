@@ -94,7 +94,7 @@ def test_sigkill_then_resume_with_c(planned_dataset, tmp_path):
         process.wait()
     saved = torch.load(latest, map_location="cpu", weights_only=False)
     assert saved["current_epoch"] < 5
-    assert not list(folder.glob("*.tmp*")), "a partial checkpoint file was left behind"
+    assert not list(folder.glob("*tmp*")), "a partial checkpoint file was left behind"
 
     # the trainer restores exactly what was saved (both networks, optimiser, epoch)
     from nnunet_ccesemi.training.networks import unwrap

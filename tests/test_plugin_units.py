@@ -209,3 +209,21 @@ def test_feature_hook_does_not_break_the_compiled_graph():
     explanation = torch._dynamo.explain(network)(torch.randn(1, 1, 8, 16, 16))
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
     assert hook.features is not None and hook.features.shape == (1, 4, 8, 16, 16)
+
+
+def test_atomic_path_replaces_only_on_success(tmp_path):
+    from nnunet_ccesemi.atomic import atomic_path
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            with open(tmp, "w") as f:
+                f.write("half")
+            raise RuntimeError("interrupted")
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    with atomic_path(target) as tmp:
+        assert tmp.endswith("summary.json") and tmp != str(target)
+        with open(tmp, "w") as f:
+            f.write("new")
+    assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]

@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.evaluation.metrics import (
     DISTANCE_METRICS,
     EMPTY_CONVENTIONS,
@@ -294,7 +295,7 @@ def main(argv=None) -> None:
     except EvaluationError as e:
         sys.exit(f"ERROR: {e}")
     output = args.o or join(args.pred, DEFAULT_OUTPUT_NAME)
-    with open(output, "w") as f:
+    with atomic_path(output) as tmp, open(tmp, "w") as f:
         json.dump(to_json(summary), f, indent=2, allow_nan=False)
     print(format_table(summary))
     print(f"summary written to {output}")

@@ -30,6 +30,7 @@ from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from torch._dynamo import OptimizedModule
 
+from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
 from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
@@ -171,8 +172,8 @@ class DualNetworkPredictor(nnUNetPredictor):
         ending = ending if ending in SITK_ENDINGS else ".nii.gz"
         case_name = basename(case["ofile"])
         for name, volume in zip(maps, in_input_geometry):
-            sitk.WriteImage(self._as_image(volume, properties),
-                            join(self.uncertainty_folder, f"{case_name}_{name}{ending}"), True)
+            with atomic_path(join(self.uncertainty_folder, f"{case_name}_{name}{ending}")) as tmp:
+                sitk.WriteImage(self._as_image(volume, properties), tmp, True)
 
     def _to_input_geometry(self, maps: torch.Tensor, properties: dict) -> np.ndarray:
         """The geometry steps of nnU-Net's export (resample, revert crop, revert transpose), for float maps."""

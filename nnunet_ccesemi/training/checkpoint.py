@@ -6,21 +6,16 @@ rename: the old checkpoint stays valid until the new one is complete.
 """
 from __future__ import annotations
 
-import os
-
 import torch
+
+from nnunet_ccesemi.atomic import atomic_path
 
 PEER_WEIGHTS_KEY = "network_b_weights"
 
 
 def atomic_torch_save(obj, filename: str) -> None:
-    tmp = f"{filename}.tmp{os.getpid()}"
-    try:
+    with atomic_path(filename) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, filename)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 class CheckpointError(RuntimeError):

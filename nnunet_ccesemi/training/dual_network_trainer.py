@@ -38,6 +38,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ccesemi import __version__
+from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
                                         preprocessing_fingerprint)
@@ -390,7 +391,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             axes[-1].set_xlabel("epoch")
             axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
             fig.tight_layout()
-            fig.savefig(join(self.output_folder, "progress_ssl.png"))
+            with atomic_path(join(self.output_folder, "progress_ssl.png")) as tmp:
+                fig.savefig(tmp)
             plt.close(fig)
 
     def on_train_end(self):
