@@ -8,7 +8,8 @@ from nnunet_ccesemi.trainers.cce import (nnUNetTrainerCCE, nnUNetTrainerCCE_5epo
                                          nnUNetTrainerCCE_noContrast,
                                          nnUNetTrainerCCE_noContrast_5epochs, nnUNetTrainerCCE_noEntropyFilter,
                                          nnUNetTrainerCCE_noEntropyFilter_5epochs, nnUNetTrainerCCE_noKLWeight,
-                                         nnUNetTrainerCCE_noKLWeight_5epochs, nnUNetTrainerCCE_releasedCode,
+                                         nnUNetTrainerCCE_noKLWeight_5epochs, nnUNetTrainerCCE_noKLWeight_10epochs,
+                                         nnUNetTrainerCCE_releasedCode,
                                          nnUNetTrainerCCE_releasedCode_5epochs)
 from nnunet_ccesemi.trainers.cps import (nnUNetTrainerCPS, nnUNetTrainerCPS_5epochs, nnUNetTrainerCPS_10epochs,
                                          nnUNetTrainerCPS_lowMem, nnUNetTrainerCPS_sameArch)

@@ -55,3 +55,7 @@ class nnUNetTrainerCCE_lowMem(nnUNetTrainerCCE):
 
 class nnUNetTrainerCCE_lowMem_5epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
     pass
+
+
+class nnUNetTrainerCCE_noKLWeight_10epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
+    budget_epochs = 10
