@@ -26,7 +26,7 @@ tail -n 2 "$OUT/unlabeled.log"
 
 if [ -z "${SKIP_BENCH:-}" ]; then
   echo "== step times, AMP, eager (compile is exercised by the training below) =="
-  nnUNet_compile=f timeout 120 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 25 --warmup 5 \
+  nnUNet_compile=f timeout 240 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 20 --warmup 5 \
     --device cuda 2>"$OUT/bench.err" | grep -v "^20[0-9][0-9]-"
 fi
 echo "== nnUNetv2_train nnUNetTrainerCCE_5epochs (compile, AMP): killed after a checkpoint, then --c =="
