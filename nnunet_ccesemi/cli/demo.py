@@ -3,8 +3,8 @@
 Runs the stock nnU-Net commands and the plugin's own, exactly as a user would: write the dataset
 (labelled, unlabelled and test cases), ``nnUNetv2_plan_and_preprocess``, preprocess the unlabelled
 cases, add the CPU configuration, train nnU-Net's supervised trainer and the dual-network trainer on
-the same labelled cases with the same budget, predict the test cases with the stock predictor, and
-print a Dice table.
+the same labelled cases with the same budget, predict the test cases with the stock predictor (and,
+for the dual-network trainer, with both networks and uncertainty maps), and print the papers' metrics.
 """
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import subprocess
 import sys
 import time
 from os.path import join
-
-import numpy as np
 
 DEFAULT_TRAINERS = ("nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCPS_5epochs")
 
@@ -32,16 +30,12 @@ def run(args: list[str], env: dict) -> None:
     subprocess.run([command_path(args[0]), *args[1:]], env=env, check=True)
 
 
-def dice_per_case(prediction_folder: str, label_folder: str, label: int = 1) -> dict[str, float]:
-    import SimpleITK as sitk
+def holds_network_b(model_folder: str) -> bool:
+    import torch
 
-    scores = {}
-    for name in sorted(os.listdir(label_folder)):
-        reference = sitk.GetArrayFromImage(sitk.ReadImage(join(label_folder, name))) == label
-        predicted = sitk.GetArrayFromImage(sitk.ReadImage(join(prediction_folder, name))) == label
-        denominator = reference.sum() + predicted.sum()
-        scores[name] = float(2 * (reference & predicted).sum() / denominator) if denominator else 1.0
-    return scores
+    checkpoint = torch.load(join(model_folder, "fold_all", "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
+    return "network_b_weights" in checkpoint
 
 
 def main(argv=None) -> None:
@@ -80,21 +74,32 @@ def main(argv=None) -> None:
     run(["nnUNetv2_ccesemi_add_cpu_config", "-d", dataset, "--patch", "16", "32", "32", "--base-features", "8",
          "--max-features", "64"], env)
 
-    results = {}
+    from nnunet_ccesemi.cli.evaluate import evaluate_folders
+
+    predictions = {}
+    common = ["-i", join(raw_folder, "imagesTs"), "-d", dataset, "-c", args.configuration, "-f", "all",
+              "-device", args.device, "-npp", "1", "-nps", "1"]
     for trainer in args.trainers:
         run(["nnUNetv2_train", dataset, args.configuration, "all", "-tr", trainer, "-device", args.device], env)
-        prediction_folder = join(workdir, "predictions", trainer)
-        run(["nnUNetv2_predict", "-i", join(raw_folder, "imagesTs"), "-o", prediction_folder, "-d", dataset,
-             "-c", args.configuration, "-f", "all", "-tr", trainer, "-device", args.device, "-npp", "1", "-nps", "1"],
-            env)
-        results[trainer] = dice_per_case(prediction_folder, join(raw_folder, "labelsTs"))
+        folder = join(workdir, "predictions", trainer)
+        run(["nnUNetv2_predict", *common, "-tr", trainer, "-o", folder], env)
+        predictions[f"{trainer}, stock predictor"] = folder
+        model = join(env["nnUNet_results"], os.path.basename(raw_folder),
+                     f"{trainer}__nnUNetPlans__{args.configuration}")
+        if holds_network_b(model):
+            run(["nnUNetv2_ccesemi_predict", *common, "-tr", trainer, "-o", folder + "_both", "--uncertainty"], env)
+            predictions[f"{trainer}, mean of both networks"] = folder + "_both"
 
-    print(f"\nTest-set Dice (label 'organ'), {len(next(iter(results.values())))} synthetic cases, "
-          f"configuration {args.configuration}, fold all, last checkpoint:")
-    width = max(len(t) for t in results)
-    for trainer, scores in results.items():
-        values = np.array(list(scores.values()))
-        print(f"  {trainer:<{width}}  mean {values.mean():.4f}  (min {values.min():.4f}, max {values.max():.4f})")
+    labels = join(raw_folder, "labelsTs")
+    print(f"\nTest set ({len(os.listdir(labels))} synthetic cases), label 'organ', configuration "
+          f"{args.configuration}, fold all, last checkpoint; distances in voxels:")
+    width = max(len(name) for name in predictions)
+    for name, folder in predictions.items():
+        mean = evaluate_folders(labels, folder, labels=[1])["mean"]["1"]
+        print(f"  {name:<{width}}  Dice {mean['Dice']:.4f}  95HD {mean['HD95']:6.2f}  ASD {mean['ASD']:5.2f}")
+    uncertainty = [folder for folder in predictions.values() if folder.endswith("_both")]
+    if uncertainty:
+        print(f"Uncertainty maps (entropy, disagreement of the two networks): {join(uncertainty[0], 'uncertainty')}")
     print(f"Demo finished in {(time.time() - started) / 60:.1f} min; everything is under {workdir}")
 
 
