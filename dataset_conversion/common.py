@@ -459,3 +459,21 @@ def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, s
         },
         **(extra or {}),
     )
+
+
+def run_converter(prog: str, parser: argparse.ArgumentParser,
+                  convert: Callable[[argparse.Namespace, str], dict], argv: Sequence[str] | None,
+                  describe: Callable[[dict], str]) -> int:
+    """The shared ``main`` of the converters: parse, convert, print a :class:`ConversionError` as one
+    line (exit status 1) or ``wrote <dataset> in <s> s: <describe(counts)>`` (exit status 0)."""
+    import time
+
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        counts = convert(args, command_line(argv, prog))
+    except ConversionError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {counts['dataset']} in {time.perf_counter() - start:.1f} s: {describe(counts)}")
+    return 0

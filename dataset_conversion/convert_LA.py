@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -48,11 +47,11 @@ import SimpleITK as sitk
 
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
-                     check_label_values, check_same_grid, check_scalar_volume, command_line,
+                     check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image,
                      resolve_num_labeled, resolve_output_root, run_cases, shipped_list,
-                     write_dataset_json, write_image)
+                     write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_LA"
 CONVERTER_VERSION = "1.0"
@@ -344,18 +343,10 @@ def convert(args: argparse.Namespace, command: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``nnUNetv2_ccesemi_convert_LA``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        counts = convert(args, command_line(argv, PROG))
-    except ConversionError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {counts['dataset']} ({counts['layout']} input) in "
-          f"{time.perf_counter() - start:.1f} s: {counts['labeled']} labelled (imagesTr/labelsTr), "
-          f"{counts['unlabeled']} unlabelled (imagesUnlabeled), {counts['test']} test "
-          f"(imagesTs/labelsTs), {counts['test_absent']} listed test cases absent from the input")
-    return 0
+    return run_converter(PROG, build_parser(), convert, argv,
+                         (lambda c: f"{c['labeled']} labelled (imagesTr/labelsTr), {c['unlabeled']} unlabelled "
+                         f"(imagesUnlabeled), {c['test']} test (imagesTs/labelsTs), {c['test_absent']} listed "
+                         f"test cases absent from the input ({c['layout']} input)"))
 
 
 if __name__ == "__main__":

@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -53,10 +52,10 @@ import SimpleITK as sitk
 
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
-                     check_label_values, check_same_grid, check_scalar_volume, command_line,
+                     check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image, resolve_num_labeled, resolve_output_root, run_cases,
-                     shipped_list, write_dataset_json, write_image)
+                     shipped_list, write_dataset_json, write_image, run_converter)
 from .convert_folder import check_channel_grid
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_brats19"
@@ -351,18 +350,10 @@ def convert(args: argparse.Namespace, command: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``nnUNetv2_ccesemi_convert_brats19``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        counts = convert(args, command_line(argv, PROG))
-    except ConversionError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {counts['dataset']} in {time.perf_counter() - start:.1f} s: "
-          f"{counts['labeled']} labelled (imagesTr/labelsTr), {counts['unlabeled']} unlabelled "
-          f"(imagesUnlabeled), {counts['test']} test (imagesTs/labelsTs), "
-          f"{counts['validation']} validation (imagesVal/labelsVal)")
-    return 0
+    return run_converter(PROG, build_parser(), convert, argv,
+                         (lambda c: f"{c['labeled']} labelled (imagesTr/labelsTr), {c['unlabeled']} unlabelled "
+                         f"(imagesUnlabeled), {c['test']} test (imagesTs/labelsTs), {c['validation']} "
+                         f"validation (imagesVal/labelsVal)"))
 
 
 if __name__ == "__main__":

@@ -40,7 +40,6 @@ import dataclasses
 import json
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -49,9 +48,9 @@ import SimpleITK as sitk
 
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      atomic_dataset_dir, check_dataset_id_free, check_label_values,
-                     check_same_grid, check_scalar_volume, command_line, dataset_folder_name,
+                     check_same_grid, check_scalar_volume, dataset_folder_name,
                      name_files, read_image, resolve_output_root, run_cases, write_dataset_json,
-                     write_image)
+                     write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_folder"
 CONVERTER_VERSION = "1.0"
@@ -470,18 +469,10 @@ def convert(args: argparse.Namespace, command: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point ``nnUNetv2_ccesemi_convert_folder``; returns the exit status."""
-    args = build_parser().parse_args(argv)
-    start = time.perf_counter()
-    try:
-        counts = convert(args, command_line(argv, PROG))
-    except ConversionError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    print(f"wrote {counts['dataset']} in {time.perf_counter() - start:.1f} s: "
-          f"{counts['labeled']} labelled (imagesTr/labelsTr), {counts['unlabeled']} unlabelled "
-          f"(imagesUnlabeled), {counts['test']} test (imagesTs); {counts['channels']} "
-          f"channel(s), {counts['labels']} label value(s)")
-    return 0
+    return run_converter(PROG, build_parser(), convert, argv,
+                         (lambda c: f"{c['labeled']} labelled (imagesTr/labelsTr), {c['unlabeled']} unlabelled "
+                         f"(imagesUnlabeled), {c['test']} test (imagesTs); {c['channels']} channel(s), "
+                         f"{c['labels']} label value(s)"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Shared fixtures: a clean nnU-Net environment and a tiny synthetic dataset, planned once per session."""
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 import subprocess
@@ -83,3 +84,28 @@ def trained_cce(planned_dataset):
     result = run_cli(["nnUNetv2_train", str(DATASET_ID), CONFIG, "all", "-tr", "nnUNetTrainerCCE_5epochs",
                       "-device", "cpu"], planned_dataset["env"])
     return planned_dataset, result
+
+
+class _SerialPool:
+    """Stands in for nnU-Net's spawned worker pool: the same checks, run in this process."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        return False
+
+    def starmap(self, function, arguments):
+        return [function(*a) for a in arguments]
+
+
+def verify_in_process(folder: Path, monkeypatch) -> None:
+    """nnU-Net's ``verify_dataset_integrity`` (what ``--verify_dataset_integrity`` runs) without
+    spawning a worker, which would import torch again (seconds on a busy 2-core machine)."""
+    from nnunetv2.experiment_planning import verify_dataset_integrity as module
+    monkeypatch.setattr(module.multiprocessing, "get_context",
+                        lambda *args: argparse.Namespace(Pool=_SerialPool))
+    module.verify_dataset_integrity(os.fspath(folder), num_processes=1)

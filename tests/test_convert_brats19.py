@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import SimpleITK as sitk
 from nnunet_ccesemi.dataset_conversion import common
 from nnunet_ccesemi.dataset_conversion.common import read_case_list
 from nnunet_ccesemi.dataset_conversion.convert_brats19 import build_parser, build_split, main
+from tests.conftest import verify_in_process
 
 SHAPE_ZYX = (6, 8, 10)
 SPACING = (1.0, 1.1, 1.2)
@@ -199,31 +199,6 @@ def test_all_channels_and_regions(source, lists, tmp_path, monkeypatch, capsys):
 
     verify_in_process(dataset, monkeypatch)
     assert "verify_dataset_integrity Done" in capsys.readouterr().out
-
-
-class _SerialPool:
-    """Stands in for nnU-Net's spawned worker pool: the same checks, run in this process."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    def starmap(self, function, arguments):
-        return [function(*a) for a in arguments]
-
-
-def verify_in_process(folder: Path, monkeypatch) -> None:
-    """nnU-Net's ``verify_dataset_integrity`` (what ``--verify_dataset_integrity`` runs) without
-    spawning a worker, which would import torch again (seconds on a busy 2-core machine)."""
-    from nnunetv2.experiment_planning import verify_dataset_integrity as module
-    monkeypatch.setattr(module.multiprocessing, "get_context",
-                        lambda *args: argparse.Namespace(Pool=_SerialPool))
-    module.verify_dataset_integrity(os.fspath(folder), num_processes=1)
 
 
 # --------------------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ anisotropic geometry. Volumes are 10 x 8 x 6 voxels.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from nnunet_ccesemi.dataset_conversion.convert_folder import main, split_ending
+from tests.conftest import verify_in_process
 
 SHAPE_ZYX = (6, 8, 10)
 SPACING = (0.8, 0.9, 3.0)
@@ -163,31 +162,6 @@ def test_nnunet_channel_naming_detected_and_verified(multi, tmp_path, monkeypatc
         image_array(1, 1))
     verify_in_process(dataset, monkeypatch)
     assert "verify_dataset_integrity Done" in capsys.readouterr().out
-
-
-class _SerialPool:
-    """Stands in for nnU-Net's spawned worker pool: the same checks, run in this process."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    def starmap(self, function, arguments):
-        return [function(*a) for a in arguments]
-
-
-def verify_in_process(folder: Path, monkeypatch) -> None:
-    """nnU-Net's ``verify_dataset_integrity`` (what ``--verify_dataset_integrity`` runs) without
-    spawning a worker, which would import torch again (seconds on a busy 2-core machine)."""
-    from nnunetv2.experiment_planning import verify_dataset_integrity as module
-    monkeypatch.setattr(module.multiprocessing, "get_context",
-                        lambda *args: argparse.Namespace(Pool=_SerialPool))
-    module.verify_dataset_integrity(os.fspath(folder), num_processes=1)
 
 
 def test_channel_suffixes_label_suffix_and_json_names(tmp_path):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -24,6 +23,7 @@ from nnunet_ccesemi.dataset_conversion import common
 from nnunet_ccesemi.dataset_conversion.common import ConversionError, read_case_list
 from nnunet_ccesemi.dataset_conversion.convert_pancreas import (build_parser, build_split,
                                                                 case_number, main)
+from tests.conftest import verify_in_process
 
 SHAPE_ZYX = (6, 8, 10)
 SPACING = (0.7, 0.8, 2.5)          # x, y, z (mm)
@@ -321,31 +321,6 @@ def test_tcia_header_rejected_without_auto(source, lists, tmp_path, capsys, poli
     err = capsys.readouterr().err
     assert str(label_path_of(source, "0001")) in err and str(series_dir_of(source, "0001")) in err
     assert "mismatch in origin" in err and "size (10, 8, 6), spacing (0.7, 0.8, 2.5)" in err
-
-
-class _SerialPool:
-    """Stands in for nnU-Net's spawned worker pool: the same checks, run in this process."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    def starmap(self, function, arguments):
-        return [function(*a) for a in arguments]
-
-
-def verify_in_process(folder: Path, monkeypatch) -> None:
-    """nnU-Net's ``verify_dataset_integrity`` (what ``--verify_dataset_integrity`` runs) without
-    spawning a worker, which would import torch again (seconds on a busy 2-core machine)."""
-    from nnunetv2.experiment_planning import verify_dataset_integrity as module
-    monkeypatch.setattr(module.multiprocessing, "get_context",
-                        lambda *args: argparse.Namespace(Pool=_SerialPool))
-    module.verify_dataset_integrity(os.fspath(folder), num_processes=1)
 
 
 def test_output_passes_nnunet_verify_dataset_integrity(source, lists, tmp_path, monkeypatch,
