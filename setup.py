@@ -88,6 +88,7 @@ setup(
             "nnUNetv2_ccesemi_convert_folder = nnunet_ccesemi.dataset_conversion.convert_folder:main",
             "nnUNetv2_ccesemi_evaluate = nnunet_ccesemi.cli.evaluate:main",
             "nnUNetv2_ccesemi_predict = nnunet_ccesemi.cli.predict:main",
+            "nnUNetv2_ccesemi_estimate_memory = nnunet_ccesemi.cli.estimate_memory:main",
         ]
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},

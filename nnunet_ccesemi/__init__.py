@@ -4,7 +4,7 @@ Kept import-light: a ``.pth`` hook imports :mod:`nnunet_ccesemi._discovery` in e
 """
 import os as _os
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # The repository's top-level trainers/ and dataset_conversion/ are installed as subpackages of this
 # one. When Python imports this package from a source checkout instead (a command run from the

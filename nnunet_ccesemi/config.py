@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 PseudoLabelRule = Literal["confident", "union"]
 KLDirection = Literal["both", "a_to_b"]
@@ -29,6 +29,11 @@ class MethodConfig:
     architecture with its own initialisation."""
     peer_blocks_per_stage: tuple[int, ...] = (1, 3, 4, 6, 6, 6)
     """Residual blocks per encoder stage of B when B is a residual-encoder U-Net (last value repeats)."""
+    peer_decoder_convs_per_stage: Optional[int] = 1
+    """Convolutions per decoder stage of B when B is a residual-encoder U-Net: 1, as in nnU-Net's
+    ResEnc presets (it also keeps the low-memory step of the Left Atrium full-resolution plans on a
+    16 GB card); ``None`` keeps A's (2 for nnU-Net's default plans; what checkpoints written by
+    nnunet_ccesemi 0.1 used)."""
 
     # term 2: confident disagreement on labelled patches
     disagreement_weight: float = 0.5
@@ -88,6 +93,15 @@ class MethodConfig:
             raise ValueError(f"contrast_loss must be 'infonce' or 'l2', got {self.contrast_loss!r}")
         if self.peer_architecture not in ("residual", "same"):
             raise ValueError(f"peer_architecture must be 'residual' or 'same', got {self.peer_architecture!r}")
+        if self.peer_decoder_convs_per_stage is not None and self.peer_decoder_convs_per_stage < 1:
+            raise ValueError(f"peer_decoder_convs_per_stage must be >= 1 or None, got "
+                             f"{self.peer_decoder_convs_per_stage}")
+
+    @property
+    def peer_network(self) -> dict:
+        """The fields that decide network B's architecture (a checkpoint must agree on them)."""
+        return {"kind": self.peer_architecture, "blocks_per_stage": tuple(self.peer_blocks_per_stage),
+                "decoder_convs_per_stage": self.peer_decoder_convs_per_stage}
 
 
 # Plain cross pseudo supervision (Chen et al., CVPR 2021): supervised terms + unweighted CPS.

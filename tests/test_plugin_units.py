@@ -107,6 +107,27 @@ def test_peer_network_family_and_output_shape(a_class, kind, b_class):
     assert [tuple(o.shape) for o in outputs][:2] == [(1, 3, 16, 16, 16), (1, 3, 8, 8, 8)]
 
 
+@pytest.mark.parametrize("decoder_convs, expected", [(1, [1, 1]), (3, [3, 3]), (None, [2, 2])])
+def test_residual_peer_decoder_follows_the_resenc_presets_unless_told(decoder_convs, expected):
+    from nnunet_ccesemi.training.networks import peer_architecture
+
+    cm = _configuration_manager("PlainConvUNet", n_stages=3)
+    cm.configuration["architecture"]["arch_kwargs"]["n_conv_per_stage_decoder"] = [2, 2]  # nnU-Net's default plans
+    _, kwargs, _ = peer_architecture(cm, "residual", (1, 3), decoder_convs)
+    assert list(kwargs["n_conv_per_stage_decoder"]) == expected
+
+
+def test_checkpoints_without_the_decoder_field_rebuild_the_old_network_b():
+    from nnunet_ccesemi.config import CCE_CONFIG
+    from nnunet_ccesemi.training.checkpoint import saved_method_config
+
+    saved = CCE_CONFIG.as_dict()
+    del saved["peer_decoder_convs_per_stage"]
+    assert CCE_CONFIG.peer_decoder_convs_per_stage == 1
+    assert saved_method_config({"method_config": saved}).peer_decoder_convs_per_stage is None
+    assert saved_method_config({"method_config": CCE_CONFIG.as_dict()}) == CCE_CONFIG
+
+
 def test_peer_network_has_its_own_initialisation():
     from nnunet_ccesemi.training.networks import build_peer_network
 

@@ -103,6 +103,22 @@ def test_checkpoint_round_trip_and_refusal_of_single_network_checkpoint(started_
         build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "single.pth"))
 
 
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
+def test_checkpoint_of_another_network_b_is_refused_by_name(started_trainer, planned_dataset, tmp_path):
+    # nnunet_ccesemi 0.1 built B's decoder with A's two convolutions per stage and saved no such field
+    trainer = started_trainer
+    trainer.train_step(next(trainer.dataloader_train))
+    path = tmp_path / "checkpoint.pth"
+    trainer.save_checkpoint(str(path))
+    legacy = torch.load(path, weights_only=False)
+    del legacy["method_config"]["peer_decoder_convs_per_stage"]
+    legacy["ccesemi_version"] = "0.1.0"
+    torch.save(legacy, tmp_path / "legacy.pth")
+    with pytest.raises(CheckpointError, match=r"legacy.pth was trained with network B .*'decoder_convs_per_stage': "
+                                              r"None.*builds .*'decoder_convs_per_stage': 1.*0.1.0 wrote it"):
+        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "legacy.pth"))
+
+
 def _step_gradients(trainer, step, data, target, seed: int) -> list[torch.Tensor]:
     trainer.optimizer.zero_grad(set_to_none=True)
     torch.manual_seed(seed)  # the contrast term samples voxels from the global generator

@@ -34,19 +34,11 @@ from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
 from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
+from nnunet_ccesemi.training.checkpoint import saved_method_config
 from nnunet_ccesemi.training.networks import build_peer_network
 
 NETWORK_CHOICES = ("both", "a", "b")
 SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
-
-
-def method_config_from_checkpoint(checkpoint: dict) -> MethodConfig:
-    """The method configuration a dual-network checkpoint was trained with (tuples restored)."""
-    saved = dict(checkpoint.get("method_config") or {})
-    if "peer_blocks_per_stage" in saved:
-        saved["peer_blocks_per_stage"] = tuple(saved["peer_blocks_per_stage"])
-    known = MethodConfig.__dataclass_fields__
-    return MethodConfig(**{k: v for k, v in saved.items() if k in known})
 
 
 class DualNetworkPredictor(nnUNetPredictor):
@@ -86,7 +78,7 @@ class DualNetworkPredictor(nnUNetPredictor):
             self.configuration_manager,
             determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json),
             self.label_manager.num_segmentation_heads, False, self.method_config.peer_architecture,
-            self.method_config.peer_blocks_per_stage)
+            self.method_config.peer_blocks_per_stage, self.method_config.peer_decoder_convs_per_stage)
         network_b.load_state_dict(self.parameters_b[0])
         if isinstance(self.network, OptimizedModule):  # nnU-Net compiled A: do the same for B
             network_b = torch.compile(network_b)
@@ -105,7 +97,7 @@ class DualNetworkPredictor(nnUNetPredictor):
                 f"{checkpoint_path} holds no network B ('{PEER_WEIGHTS_KEY}'): it was written by "
                 f"{checkpoint.get('trainer_name', 'an unknown trainer')}, a single-network trainer. Predict it "
                 f"with nnUNetv2_predict, or pass a dual-network trainer's results (e.g. -tr nnUNetTrainerCCE).")
-        return checkpoint[PEER_WEIGHTS_KEY], method_config_from_checkpoint(checkpoint)
+        return checkpoint[PEER_WEIGHTS_KEY], saved_method_config(checkpoint)
 
     # ------------------------------------------------------------------ prediction
     @contextlib.contextmanager

@@ -45,7 +45,8 @@ from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocess
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
 from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, contrast_rampup, merge_sequential_stats,
                                    sigmoid_rampup)
-from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint
+from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
+                                                check_peer_network_matches)
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
 SEED_VARIABLE = "nnUNet_ccesemi_seed"
@@ -119,7 +120,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         config = self.method_config
         network_b = build_peer_network(self.configuration_manager, self.num_input_channels,
                                        self.label_manager.num_segmentation_heads, self.enable_deep_supervision,
-                                       config.peer_architecture, config.peer_blocks_per_stage).to(self.device)
+                                       config.peer_architecture, config.peer_blocks_per_stage,
+                                       config.peer_decoder_convs_per_stage).to(self.device)
         if config.contrast_weight > 0:
             # hooks go on the plain modules, before compile/DDP wrap them
             self._feature_hooks = [DecoderFeatureHook(unwrap(net).decoder.stages[-1])
@@ -433,6 +435,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             self.initialize()
         checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
+        check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__)
         super().load_checkpoint(filename_or_checkpoint)  # network A, optimiser, scaler, logger, epoch
         unwrap(self.network_b).load_state_dict(
             {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})

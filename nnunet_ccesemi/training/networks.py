@@ -2,11 +2,12 @@
 
 The paper pairs a V-Net with a ResNet-34-encoder V-Net for diversity. In nnU-Net terms: when the
 plans build a ``PlainConvUNet`` for A, B is a ``ResidualEncoderUNet`` with the same stages, widths,
-kernels and strides (residual blocks per stage as in nnU-Net's ResEnc presets), and vice versa.
+kernels and strides (residual blocks per stage, and one convolution per decoder stage, as in nnU-Net's
+ResEnc presets), and vice versa.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -23,13 +24,16 @@ def _per_stage(values: Sequence[int], n_stages: int) -> list[int]:
 
 
 def peer_architecture(configuration_manager: ConfigurationManager, kind: str,
-                      blocks_per_stage: Sequence[int]) -> tuple[str, dict, tuple]:
+                      blocks_per_stage: Sequence[int],
+                      decoder_convs_per_stage: Optional[int] = None) -> tuple[str, dict, tuple]:
     """Class name, kwargs and import-requiring kwarg names of network B.
 
     Args:
         configuration_manager: the configuration network A is planned from.
         kind: ``"same"`` (A's architecture, own initialisation) or ``"residual"`` (the other family).
         blocks_per_stage: residual blocks per encoder stage when B is a residual-encoder U-Net.
+        decoder_convs_per_stage: convolutions per decoder stage when B is a residual-encoder U-Net
+            (``None``: A's).
 
     Raises:
         ValueError: for ``"residual"`` when A is neither a plain nor a residual-encoder U-Net.
@@ -44,6 +48,8 @@ def peer_architecture(configuration_manager: ConfigurationManager, kind: str,
     if short_name == "PlainConvUNet":
         kwargs.pop("n_conv_per_stage")
         kwargs["n_blocks_per_stage"] = _per_stage(blocks_per_stage, n_stages)
+        if decoder_convs_per_stage is not None:
+            kwargs["n_conv_per_stage_decoder"] = [decoder_convs_per_stage] * (n_stages - 1)
         return RESENC_UNET, kwargs, requires_import
     if short_name == "ResidualEncoderUNet":
         for key in ("n_blocks_per_stage", "block", "bottleneck_channels", "stem_channels"):
@@ -57,8 +63,10 @@ def peer_architecture(configuration_manager: ConfigurationManager, kind: str,
 
 def build_peer_network(configuration_manager: ConfigurationManager, num_input_channels: int,
                        num_output_channels: int, enable_deep_supervision: bool, kind: str,
-                       blocks_per_stage: Sequence[int]) -> torch.nn.Module:
-    class_name, kwargs, requires_import = peer_architecture(configuration_manager, kind, blocks_per_stage)
+                       blocks_per_stage: Sequence[int], decoder_convs_per_stage: Optional[int] = None
+                       ) -> torch.nn.Module:
+    class_name, kwargs, requires_import = peer_architecture(configuration_manager, kind, blocks_per_stage,
+                                                            decoder_convs_per_stage)
     return get_network_from_plans(class_name, kwargs, requires_import, num_input_channels, num_output_channels,
                                   allow_init=True, deep_supervision=enable_deep_supervision)
 
