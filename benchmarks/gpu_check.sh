@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net): AMP + torch.compile step
 # times of nnUNetTrainer / CPS / CCE against the two-network floor, then a real short CCE training,
-# resume, final validation and stock prediction through the nnU-Net CLI. Results go to $OUT.
+# resume, final validation and stock prediction through the nnU-Net CLI; first, the memory estimate
+# of the LA 0.625 mm plans against the measured peaks. Results go to $OUT.
 #   carry: device_site (site312.tar.xz from ../shared/device/build_nnunet_site.sh, and the plugin wheel)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -15,6 +16,10 @@ mkdir -p $nnUNet_raw $nnUNet_preprocessed $nnUNet_results
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module import $fn as m; sys.argv[0]='x'; sys.exit(m())" "$@"; }
+
+echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
+nnUNet_preprocessed=benchmarks/plans timeout 300 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
+  --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
 
 # LA-sized synthetic data: 1.25 mm LA volumes are about 44x72x93 voxels
 python3 -c "

@@ -1,6 +1,6 @@
 """Estimated peak GPU memory of the training steps, and of the bare two-network floors, on any CPU.
 
-    python benchmarks/memory_estimate.py -d 602 -c 3d_fullres
+    nnUNet_preprocessed=benchmarks/plans python benchmarks/memory_estimate.py -d 602 -c 3d_fullres [--measure-cuda]
 
 Rows: ``nnUNetTrainer``; the bare floors (forward+backward of networks A and B with nnU-Net's
 Dice+CE only, on the concatenated labelled+unlabelled batch: joint, and sequential = B forward
@@ -8,7 +8,10 @@ without grad, then A forward+backward, then B forward+backward, the two steps of
 table); then the dual-network trainers' real ``train_step``. Everything runs on fake tensors with
 AMP modelled by CPU bfloat16 autocast (:mod:`nnunet_ccesemi.training.memory_estimate`), so the
 full-resolution Left Atrium plans take about a minute for all rows. Prints the torch version, the
-plans, the patch and a Markdown table with ratios to ``nnUNetTrainer``.
+plans, the patch and a Markdown table with ratios to ``nnUNetTrainer``. ``--measure-cuda`` (on a GPU)
+also runs every row for real, with the trainers' own AMP, and adds the measured peak of
+``torch.cuda.max_memory_allocated`` beside the estimate. ``benchmarks/plans/Dataset602_LA0625`` holds
+nnU-Net 2.8.1's plans for Left Atrium at 0.625 mm (patch 96x128x192, batch 2).
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("-c", default="3d_fullres")
     parser.add_argument("-p", default="nnUNetPlans")
     parser.add_argument("--fp32", action="store_true", help="no AMP")
+    parser.add_argument("--measure-cuda", action="store_true", help="also measure each row on the GPU")
     args = parser.parse_args(argv)
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -73,18 +77,30 @@ def main(argv=None) -> None:
             ("floor, joint (A+B fwd+bwd, concatenated)", "nnUNetTrainerCPS", joint_floor),
             ("floor, sequential (B no-grad fwd, A fwd+bwd, B fwd+bwd)", "nnUNetTrainerCPS", sequential_floor)]
     rows += [(name, name, None) for name in TRAINERS]
-    estimates = []
+    estimates, measured = [], []
     for name, trainer_name, step in rows:
+        trainer_class = recursive_find_trainer_class_by_name(trainer_name)
         with contextlib.redirect_stdout(io.StringIO()):
-            estimates.append(estimate_step_memory(recursive_find_trainer_class_by_name(trainer_name), plans, args.c,
-                                                  dataset_json, autocast_dtype=dtype, step=step, name=name))
-        print(f"{name}: {estimates[-1].peak_gib:.2f} GiB", flush=True)
+            estimates.append(estimate_step_memory(trainer_class, plans, args.c, dataset_json, autocast_dtype=dtype,
+                                                  step=step, name=name))
+            if args.measure_cuda:
+                measured.append(estimate_step_memory(trainer_class, plans, args.c, dataset_json, step=step, name=name,
+                                                     device="cuda"))
+                torch.cuda.empty_cache()
+        print(f"{name}: estimate {estimates[-1].peak_gib:.2f} GiB"
+              + (f", measured {measured[-1].peak_gib:.2f} GiB" if measured else ""), flush=True)
     print(f"\ntorch {torch.__version__}, Python {platform.python_version()}, fake tensors on the CPU, "
           f"{'float32' if args.fp32 else 'AMP modelled by bfloat16 autocast'}\n{plans_file}, {args.c}: "
           f"patch {'x'.join(map(str, configuration.patch_size))}, batch {configuration.batch_size} "
           f"(+{configuration.batch_size} unlabelled), A = {configuration.network_arch_class_name.split('.')[-1]} "
           f"{list(configuration.network_arch_init_kwargs['features_per_stage'])}\n")
     print(describe(estimates, estimates[0]))
+    if measured:
+        print(f"\nmeasured on {torch.cuda.get_device_name(0)}, AMP float16 + grad scaler, eager:\n")
+        print("| row | estimate GiB | measured GiB | measured / estimate | measured / nnUNetTrainer |\n|---|---|---|---|---|")
+        for estimate, real in zip(estimates, measured):
+            print(f"| {estimate.trainer} | {estimate.peak_gib:.2f} | {real.peak_gib:.2f} | "
+                  f"{real.peak_bytes / estimate.peak_bytes:.3f} | {real.peak_bytes / measured[0].peak_bytes:.2f} |")
 
 
 if __name__ == "__main__":

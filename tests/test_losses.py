@@ -447,6 +447,41 @@ def test_class_prototypes_from_half_features():
     torch.testing.assert_close(prototypes, expected, atol=2e-3, rtol=0)
 
 
+@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+def test_class_prototypes_of_normalised_voxels_without_the_normalised_map(shape):
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(shape[0], 6, *shape[2:], generator=generator) * 5
+    features[0, :, 0] = 0.0  # all-zero voxels stay zero, as in F.normalize
+    labels = torch.randint(0, shape[1], (shape[0], *shape[2:]), generator=generator)
+    mask = torch.rand(labels.shape, generator=generator) > 0.3
+    prototypes, present = class_prototypes(features, labels, mask, shape[1], normalize_voxels=True)
+    expected, expected_present = class_prototypes(l2_normalize_voxels(features), labels, mask, shape[1])
+    torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(present, expected_present)
+
+
+def test_class_argmax_is_argmax_with_its_tie_rule():
+    from nnunet_ccesemi.losses.pseudo_labels import class_argmax
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 3, (4, 5, 6, 7), generator=generator).float()  # many ties
+    assert torch.equal(class_argmax(scores), scores.argmax(1))
+    assert torch.equal(class_argmax(scores.half()), scores.half().argmax(1))
+
+
+def test_cosine_consistency_equals_torch_cosine_similarity_with_gradients():
+    generator = torch.Generator().manual_seed(1)
+    p = torch.softmax(torch.randn(2, 3, 4, 5, generator=generator), 1).requires_grad_()
+    q = torch.softmax(torch.randn(2, 3, 4, 5, generator=generator), 1).requires_grad_()
+    ours = cosine_consistency(p, q)
+    reference = (1.0 - F.cosine_similarity(p, q, dim=1, eps=1e-8)).mean()
+    torch.testing.assert_close(ours, reference)
+    for mine, theirs in zip(torch.autograd.grad(ours, (p, q)), torch.autograd.grad(reference, (p, q))):
+        torch.testing.assert_close(mine, theirs)
+    zeros = torch.zeros(1, 3, 2)
+    assert cosine_consistency(zeros, zeros) == 1.0  # as cosine_similarity: zero vectors have similarity 0
+
+
 def test_prototype_bank_momentum_zero_is_the_batch():
     bank = PrototypeBank(num_classes=3, momentum=0.0)
     first = torch.eye(3)[:, :2].contiguous()

@@ -6,14 +6,16 @@ The regulariser of the released code of arXiv 2509.13084 (``consist_loss``), als
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 
 def cosine_consistency(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``L_cos = mean_v (1 - cos(p^A_v, p^B_v))``, cosine along the class axis.
 
-    Both inputs keep their gradient (each network is pulled towards the other). Probability vectors
-    have norm >= 1/sqrt(C), so ``eps`` only guards against arbitrary inputs.
+    ``cos(a, b) = a·b / (max(|a|, eps) max(|b|, eps))``, as ``F.cosine_similarity``, written with
+    sums of products: ``cosine_similarity``'s ``linalg.vector_norm`` over the (non-innermost) class
+    axis takes a slow strided path on the CPU. Both inputs keep their gradient (each network is
+    pulled towards the other). Probability vectors have norm >= 1/sqrt(C), so ``eps`` only guards
+    against arbitrary inputs.
 
     Args:
         probs_a, probs_b: (B, C, *spatial) probabilities of networks A and B (any float dtype;
@@ -24,5 +26,7 @@ def cosine_consistency(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float 
     """
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"probability shapes differ: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
-    similarity = F.cosine_similarity(probs_a.float(), probs_b.float(), dim=1, eps=eps)
+    probs_a, probs_b = probs_a.float(), probs_b.float()
+    inverse_norms = (torch.rsqrt((p * p).sum(1).clamp_min(eps * eps)) for p in (probs_a, probs_b))
+    similarity = (probs_a * probs_b).sum(1) * next(inverse_norms) * next(inverse_norms)
     return (1.0 - similarity).mean()

@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
+from .pseudo_labels import class_argmax
+
 
 def _check_logits_pair(logits_student: torch.Tensor, logits_teacher: torch.Tensor) -> None:
     if logits_student.shape != logits_teacher.shape:
@@ -47,7 +49,7 @@ def cross_pseudo_supervision(
         reduction: ``mean`` (0-dim) or ``none`` (the (B, *spatial) per-voxel map).
     """
     _check_logits_pair(logits_student, logits_teacher)
-    pseudo_labels = logits_teacher.detach().argmax(1)
+    pseudo_labels = class_argmax(logits_teacher.detach())
     return F.cross_entropy(logits_student.float(), pseudo_labels, reduction=reduction)
 
 

@@ -20,8 +20,7 @@ from .consistency import cosine_consistency
 from .cross_pseudo import cross_pseudo_supervision, kl_weighted_cross_pseudo_supervision, masked_cross_entropy
 from .disagreement import confident_disagreement_loss
 from .entropy import _distributed_active, batch_quantile, normalized_entropy, reliable_mask
-from .features import l2_normalize_voxels
-from .pseudo_labels import joint_pseudo_labels
+from .pseudo_labels import class_argmax, joint_pseudo_labels
 from .prototypes import (
     PrototypeBank,
     class_prototypes,
@@ -31,7 +30,7 @@ from .prototypes import (
 )
 
 NETWORKS = ("a", "b")
-NORMALIZE_EPS = 1e-12  # that of l2_normalize_voxels: a sampled voxel is normalised exactly as the map
+NORMALIZE_EPS = 1e-12  # that of l2_normalize_voxels: a sampled voxel is normalised as the prototypes' voxels
 
 
 class DualNetworkObjective(nn.Module):
@@ -167,7 +166,7 @@ class DualNetworkObjective(nn.Module):
             if has_unlabeled:
                 with torch.no_grad():
                     probs_unlabeled = {net: probs[net][n_labeled:].detach() for net in NETWORKS}
-                    labels_unlabeled = {net: probs_unlabeled[net].argmax(1) for net in NETWORKS}
+                    labels_unlabeled = {net: class_argmax(probs_unlabeled[net]) for net in NETWORKS}
                     stats["agreement"] = (labels_unlabeled["a"] == labels_unlabeled["b"]).float().mean()
                     if needs_pseudo_labels:
                         reliable, pseudo_labels = self._reliable_pseudo_labels(probs_unlabeled, stats)
@@ -254,12 +253,14 @@ class DualNetworkObjective(nn.Module):
         update_prototype_bank: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
-        # Prototypes are constants: normalise the whole feature map without autograd, and only the
-        # sampled voxels with it (normalising the map on the graph kept an (m, F, *spatial) float32
-        # copy alive through the backward pass, for gradients that are zero but at the samples).
+        # Prototypes are constants: the normalised map enters them without autograd (and without a
+        # normalised copy of it), only the sampled voxels are normalised on the graph (normalising the
+        # map there kept an (m, F, *spatial) float32 copy alive through the backward pass, for
+        # gradients that are zero but at the samples).
         with torch.no_grad():
             prototypes, present = class_prototypes(
-                l2_normalize_voxels(features_unlabeled.detach()), pseudo_labels, reliable, self.num_classes
+                features_unlabeled.detach(), pseudo_labels, reliable, self.num_classes, eps=NORMALIZE_EPS,
+                normalize_voxels=True,
             )
         bank = self.prototype_banks[net]
         if update_prototype_bank:

@@ -46,6 +46,7 @@ def class_prototypes(
     *,
     distributed: Optional[bool] = None,
     eps: float = 1e-12,
+    normalize_voxels: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``μ_c = normalise(sum_v [m_v and y_v = c] f_v)``, the direction of the class-mean feature.
 
@@ -57,12 +58,16 @@ def class_prototypes(
     call this function, also one with no rows (B = 0).
 
     Args:
-        features: (B, F, *spatial) voxel features, usually L2-normalised per voxel; detached here.
+        features: (B, F, *spatial) voxel features; detached here.
         labels: (B, *spatial) integer (pseudo-)labels in [0, C).
         mask: (B, *spatial) bool: voxels that contribute (the reliable ones).
         num_classes: C.
         distributed: all-reduce over ranks; ``None`` = whenever a process group of more than one
             rank is initialised.
+        eps: the norm floor, as in ``F.normalize``.
+        normalize_voxels: use the L2-normalised voxel features ``f_v / max(||f_v||, eps)`` (the
+            prototypes of :func:`~nnunet_ccesemi.losses.features.l2_normalize_voxels` features) without
+            writing a normalised copy of the map: the one-hot matrix carries each voxel's inverse norm.
 
     Returns:
         ``(prototypes, present)``: float32 (C, F), unit rows for present classes and zero rows
@@ -81,11 +86,19 @@ def class_prototypes(
     column = column.reshape(batch_size, num_voxels, 1)
     with _autocast_off(features.device):
         flat_features = features.detach().float().reshape(batch_size, feature_dim, num_voxels)
+        if normalize_voxels:
+            # (f * f).sum(1) is 2.5x faster than linalg.vector_norm over a non-innermost axis on the CPU;
+            # rsqrt(max(|f|^2, eps^2)) = 1 / max(|f|, eps), F.normalize's floor.
+            voxel_weight = torch.rsqrt((flat_features * flat_features).sum(1).clamp_min(eps * eps)).unsqueeze(2)
+        else:
+            voxel_weight = torch.ones_like(column, dtype=torch.float32)
         one_hot = torch.zeros(
             batch_size, column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
-        ).scatter_(2, column, 1.0)
+        ).scatter_(2, column, voxel_weight)
         class_sums = torch.bmm(flat_features, one_hot).sum(0).t()[:num_classes]  # (C, F)
-        class_counts = one_hot.sum((0, 1))[:num_classes]
+        # integer counts: exact in any summation order (bincount would ask the host for the output size)
+        class_counts = torch.zeros(num_classes + 1, dtype=torch.long, device=features.device).scatter_add_(
+            0, column.reshape(-1), torch.ones_like(column.reshape(-1)))[:num_classes].float()
     if _distributed_active(distributed):
         # One all-reduce of a fresh, contiguous (C, F + 1) tensor. ``class_sums`` itself is a transposed
         # view: gloo reduces the underlying storage as if it were contiguous (wrong sums, silently) and

@@ -149,6 +149,7 @@ def estimate_step_memory(
     step: Optional[Callable[[object, dict], object]] = None,
     name: Optional[str] = None,
     fake: bool = True,
+    device: str = "cpu",
 ) -> StepMemory:
     """Peak memory of ``trainer_class``'s second ``train_step`` on the plans' patch and batch size.
 
@@ -162,17 +163,22 @@ def estimate_step_memory(
             benchmarks' bare two-network floors); it must end with the optimiser's step.
         name: the row's name (default: the trainer class's).
         fake: ``False`` runs on real CPU tensors instead (slow at real sizes; it checks the estimate).
+        device: ``"cuda"`` measures instead of estimating: real tensors on the GPU, the trainer's own
+            AMP (float16, grad scaler), and the peak of ``torch.cuda.max_memory_allocated``
+            (``autocast_dtype`` and ``fake`` are then ignored). This is how the estimate is checked.
 
     Raises:
         HostSynchronisationError: the step reads a device value on the host before the optimiser
             step (e.g. ``.item()`` in a loss), naming the operator.
     """
     plans = {**plans, "continue_training": False}
+    on_gpu = torch.device(device).type == "cuda"
+    fake = fake and not on_gpu
     with ExitStack() as stack:
         output_folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="ccesemi_memory_"))
         if fake:
             stack.enter_context(FakeTensorMode())
-        for op_name in _CPU_ONLY_FLOAT32_OPS:
+        for op_name in () if on_gpu else _CPU_ONLY_FLOAT32_OPS:
             stack.enter_context(mock.patch.object(torch.nn.functional, op_name,
                                                   _in_input_precision(getattr(torch.nn.functional, op_name))))
         # No data exists: the estimate must not need the preprocessed cases.
@@ -181,10 +187,10 @@ def estimate_step_memory(
         # The trainer creates its output folder and log when built: keep them out of the user's nnUNet_results.
         stack.enter_context(mock.patch.dict(os.environ, {"nnUNet_results": output_folder}))
         trainer = trainer_class(plans=plans, configuration=configuration, fold="all", dataset_json=dataset_json,
-                                device=torch.device("cpu"))
+                                device=torch.device(device))
         # Module.to always swaps fake parameters, which their weak references forbid; everything is on
         # the CPU already, so moving is a no-op anyway.
-        with mock.patch.object(torch.nn.Module, "to", lambda module, *args, **kwargs: module):
+        with mock.patch.object(torch.nn.Module, "to", lambda module, *args, **kwargs: module) if fake else ExitStack():
             trainer.initialize()
         if batch_size is not None:
             trainer.batch_size = batch_size
@@ -205,10 +211,14 @@ def estimate_step_memory(
         for step_index in range(2):
             if step_index == 1:
                 memory.reset_peak()
-            _run_train_step(trainer, batch, autocast_dtype, step_finished, len(step_finished) + 1, step)
+                if on_gpu:
+                    torch.cuda.reset_peak_memory_stats(trainer.device)
+            _run_train_step(trainer, batch, torch.float16 if on_gpu else autocast_dtype, step_finished,
+                            len(step_finished) + 1, step)
         resident = _resident_bytes(trainer, networks)
         parameters = sum(p.numel() for network in networks for p in network.parameters())
-    return StepMemory(name or trainer_class.__name__, memory.peak_bytes, resident, parameters)
+        peak = torch.cuda.max_memory_allocated(trainer.device) if on_gpu else memory.peak_bytes
+    return StepMemory(name or trainer_class.__name__, peak, resident, parameters)
 
 
 def _synthetic_batch(trainer) -> dict:
@@ -223,9 +233,11 @@ def _synthetic_batch(trainer) -> dict:
 
 def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, expected_steps: int, step) -> None:
     # nnU-Net enables autocast only on CUDA; an outer CPU autocast models it (the inner no-op context
-    # does not switch it off), forwards and losses included, as nnU-Net's train_step has them.
-    autocast = torch.autocast("cpu", dtype=autocast_dtype) if autocast_dtype is not None else torch.autocast(
-        "cpu", enabled=False)
+    # does not switch it off), forwards and losses included, as nnU-Net's train_step has them. On a GPU
+    # the trainer's own autocast is on; the outer one covers the benchmarks' floor steps.
+    device_type = trainer.device.type
+    autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else torch.autocast(
+        device_type, enabled=False)
     try:
         with autocast:
             trainer.train_step(batch) if step is None else step(trainer, batch)
