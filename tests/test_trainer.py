@@ -63,6 +63,26 @@ def test_cce_step_computes_every_term(started_trainer):
         assert "ccesemi_" + term in output, term
 
 
+def test_objective_is_compiled_where_nnunet_compiles_and_both_steps_use_it(planned_dataset, monkeypatch):
+    from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
+    from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
+
+    calls = []
+    # nnU-Net compiles on CUDA only; here the decision is forced and torch.compile made a recording no-op
+    monkeypatch.setattr(nnUNetTrainerDualNetwork, "_compile_objective", lambda self: True)
+    monkeypatch.setattr(torch, "compile", lambda function: (lambda *a, **k: calls.append(1) or function(*a, **k)))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset)
+    trainer.on_train_start()
+    trainer.on_train_epoch_start()
+    assert isinstance(trainer.objective_step, CompiledWithEagerFallback) and trainer.objective_step.eager is trainer.objective
+    trainer.train_step(next(trainer.dataloader_train))
+    trainer.sequential_step = True
+    trainer.train_step(next(trainer.dataloader_train))
+    assert len(calls) == 3  # one joint call, two sequential ones
+    trainer.on_train_end()
+
+
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
 def test_one_optimiser_over_both_networks(started_trainer):
     trainer = started_trainer

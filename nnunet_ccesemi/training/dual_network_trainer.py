@@ -47,6 +47,7 @@ from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, con
                                    sigmoid_rampup)
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
                                                 check_peer_network_matches)
+from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
 SEED_VARIABLE = "nnUNet_ccesemi_seed"
@@ -98,6 +99,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.network_b = None
         self.objective = None
+        self.objective_step = None  # the objective, or its compiled form (same state: self.objective's)
         self.dataloader_unlabeled = None
         self._feature_hooks: list[DecoderFeatureHook] = []
         self._iteration_in_epoch = 0
@@ -135,6 +137,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.optimizer, self.lr_scheduler = self.configure_optimizers()
         self.objective = DualNetworkObjective(config, self.label_manager.num_segmentation_heads,
                                               ignore_index=self.label_manager.ignore_label).to(self.device)
+        self.objective_step = (CompiledWithEagerFallback(self.objective, self.print_to_log_file)
+                               if self._compile_objective() else self.objective)
         n_params = [sum(p.numel() for p in unwrap(n).parameters()) for n in (self.network, self.network_b)]
         self.print_to_log_file(
             f"nnunet_ccesemi {__version__}: network A {unwrap(self.network).__class__.__name__} "
@@ -142,6 +146,10 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}\n"
             f"seed {self.seed} for Python, NumPy and torch (set {SEED_VARIABLE}={self.seed} to repeat it; runs repeat "
             f"exactly on the CPU with nnUNet_n_proc_DA=0)")
+
+    def _compile_objective(self) -> bool:
+        """Compile the objective where nnU-Net compiles the networks (CUDA, ``nnUNet_compile`` not off)."""
+        return self._do_i_compile()
 
     def configure_optimizers(self):
         optimizer, lr_scheduler = super().configure_optimizers()
@@ -252,7 +260,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             features_a, features_b = self._take_features()
             supervised_a = self.loss(labeled_part(output_a, n_labeled), target)
             supervised_b = self.loss(labeled_part(output_b, n_labeled), target)
-            unsupervised, stats = self.objective(
+            unsupervised, stats = self.objective_step(
                 full_resolution(output_a), full_resolution(output_b), n_labeled=n_labeled,
                 target_labeled=full_resolution(target), features_a=features_a, features_b=features_b,
                 unsup_weight=unsup_weight, contrast_weight=contrast_weight)
@@ -275,7 +283,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             output_a = self.network(data)
             features_a, _ = self._take_features()
             supervised_a = self.loss(labeled_part(output_a, n_labeled), target)
-            unsupervised_a, stats_a = self.objective(
+            unsupervised_a, stats_a = self.objective_step(
                 full_resolution(output_a), logits_b, n_labeled=n_labeled, target_labeled=target_full,
                 features_a=features_a, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("a",))
         self._backward(supervised_a + unsupervised_a)
@@ -286,7 +294,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             output_b = self.network_b(data)
             _, features_b = self._take_features()
             supervised_b = self.loss(labeled_part(output_b, n_labeled), target)
-            unsupervised_b, stats_b = self.objective(
+            unsupervised_b, stats_b = self.objective_step(
                 logits_a, full_resolution(output_b), n_labeled=n_labeled, target_labeled=target_full,
                 features_b=features_b, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("b",))
         self._backward(supervised_b + unsupervised_b)

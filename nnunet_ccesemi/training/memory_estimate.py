@@ -9,7 +9,9 @@ plans nnU-Net made, or whether the ``_lowMem`` variant is needed. This module an
   strides, no data and no arithmetic, so a step of two 3D U-Nets at full resolution takes seconds);
 * AMP is modelled by CPU autocast in bfloat16, whose casting rules give the same 2-byte activations
   as CUDA's float16 autocast for the operators of nnU-Net's networks (convolutions, instance norms,
-  nonlinearities); parameters, gradients and SGD momentum stay float32, as under AMP;
+  nonlinearities) and the same float32 casts in the losses (softmax, log-softmax, norms), except
+  average pooling, which runs here in the input's precision as on CUDA; parameters, gradients and
+  SGD momentum stay float32, as under AMP;
 * :class:`LiveTensorMemory`, a dispatch mode, adds up the bytes of every live tensor storage after
   each operator, forwards and backwards; the second step's maximum is the estimate (the first step
   creates the momentum buffers, which every later step carries).
