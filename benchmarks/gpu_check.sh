@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net): AMP + torch.compile step
-# times of nnUNetTrainer / CPS / CCE against the two-network floor, then a real short CCE training,
-# resume, final validation and stock prediction through the nnU-Net CLI; first, the memory estimate
-# of the LA 0.625 mm plans against the measured peaks. Results go to $OUT.
+# One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net). Results go to $OUT.
+# PARTS (default "memory compiled"; about 7 minutes) chooses among:
+#   memory    peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement
+#   compiled  AMP + torch.compile step times of nnUNetTrainer / CPS / CCE against the two-network floor
+#   eager     the same without compile
+#   train     a short CCE training through nnUNetv2_train (compile, AMP), killed, resumed with --c,
+#             final validation and the stock predictor (done on an H200 in session 1)
 #   carry: device_site (site312.tar.xz from ../shared/device/build_nnunet_site.sh, and the plugin wheel)
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
@@ -17,9 +20,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module import $fn as m; sys.argv[0]='x'; sys.exit(m())" "$@"; }
 
-echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
-nnUNet_preprocessed=benchmarks/plans timeout 300 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
-  --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
+PARTS=${PARTS:-memory compiled}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
+
+if part memory; then
+  echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
+  nnUNet_preprocessed=benchmarks/plans timeout 240 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
+    --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
+fi
 
 # LA-sized synthetic data: 1.25 mm LA volumes are about 44x72x93 voxels
 python3 -c "
@@ -29,11 +37,17 @@ entry nnunetv2.experiment_planning.plan_and_preprocess_entrypoints plan_and_prep
 entry nnunet_ccesemi.cli.preprocess_unlabeled main -d 991 -c 3d_fullres -np 8 > "$OUT/unlabeled.log" 2>&1
 tail -n 2 "$OUT/unlabeled.log"
 
-if [ -z "${SKIP_BENCH:-}" ]; then
-  echo "== step times, AMP, eager (compile is exercised by the training below) =="
+if part compiled; then
+  echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation) =="
+  timeout 300 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
+    --trainers nnUNetTrainer nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep -v "^20[0-9][0-9]-"
+fi
+if part eager; then
+  echo "== step times, AMP, eager =="
   nnUNet_compile=f timeout 240 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 20 --warmup 5 \
     --device cuda 2>"$OUT/bench.err" | grep -v "^20[0-9][0-9]-"
 fi
+part train || exit 0
 echo "== nnUNetv2_train nnUNetTrainerCCE_5epochs (compile, AMP): killed after a checkpoint, then --c =="
 timeout 150 python3 - <<'PY'
 import subprocess, sys, time, os, signal

@@ -69,3 +69,27 @@ def test_compiled_objective_equals_eager_and_compiles_once_for_changing_ramps():
     assert compiled.is_compiled and messages == []
     # the first call, then one recompile that makes the ramp weights dynamic; none after
     assert counters["stats"]["unique_graphs"] <= 2
+
+
+@pytest.mark.parametrize("trainer", ["nnUNetTrainerCPS", "nnUNetTrainerCCE", "nnUNetTrainerCCE_noEntropyFilter",
+                                     "nnUNetTrainerCCE_noKLWeight", "nnUNetTrainerCCE_noContrast",
+                                     "nnUNetTrainerCCE_releasedCode"])
+@pytest.mark.parametrize("students", [("a", "b"), ("a",), ("b",)])
+def test_objective_never_waits_for_the_host(trainer, students):
+    """On fake tensors (no values) any .item(), nonzero or boolean-mask selection would raise: on a GPU each
+    is a synchronisation that stalls the queue of kernels."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    import nnunet_ccesemi.trainers as trainers
+
+    config = getattr(trainers, trainer).method_config
+    with FakeTensorMode():
+        shape = (4, 3, 6, 7, 8)
+        logits = [torch.randn(shape, requires_grad=(net in students)) for net in "ab"]
+        features = [torch.randn(4, 5, *shape[2:], requires_grad=True) if net in students else None for net in "ab"]
+        target = torch.randint(0, 3, (2, 1, *shape[2:]))
+        objective = DualNetworkObjective(config, 3)
+        loss, stats = objective(*logits, 2, target, *features, unsup_weight=0.5, contrast_weight=0.05,
+                                students=students)
+        loss.backward()
+    assert loss.shape == () and all(value.shape == () for value in stats.values())

@@ -137,7 +137,12 @@ class StepMemory:
 
 
 class HostSynchronisationError(RuntimeError):
-    """The step asked the host for a value computed on the device (it cannot run on fake tensors)."""
+    """The step failed on fake tensors before its optimiser step.
+
+    Usually it asked the host for a value computed on the device (``.item()``, the size of a boolean
+    mask's selection), which fake tensors do not have; rarely an operator has no fake-tensor kernel.
+    The message carries the original error.
+    """
 
 
 def estimate_step_memory(
@@ -246,8 +251,9 @@ def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, e
     except Exception as error:  # the step's last line copies the loss to the host: fine once SGD has run
         if len(step_finished) < expected_steps:
             raise HostSynchronisationError(
-                f"{trainer.__class__.__name__}.train_step needs a device value on the host before its optimiser "
-                f"step ({type(error).__name__}: {error}); its memory cannot be estimated on fake tensors") from error
+                f"{trainer.__class__.__name__}.train_step failed on fake tensors before its optimiser step "
+                f"({type(error).__name__}: {error}): it reads a device value on the host (.item(), a boolean mask's "
+                f"size), or an operator lacks a fake-tensor kernel; its memory cannot be estimated this way") from error
 
 
 def _resident_bytes(trainer, networks) -> int:
