@@ -248,3 +248,22 @@ def test_atomic_path_replaces_only_on_success(tmp_path):
         with open(tmp, "w") as f:
             f.write("new")
     assert target.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+
+
+def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_path):
+    import subprocess
+    import sys
+
+    from nnunet_ccesemi.atomic import remove_stale_temporaries
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    (tmp_path / f"tmp{dead_pid}_checkpoint_latest.pth").write_text("torn")
+    (tmp_path / f"tmp{os.getpid()}_progress_ssl.png").write_text("being written")
+    (tmp_path / "checkpoint_latest.pth").write_text("complete")
+    (tmp_path / "tmp_notes.txt").write_text("not ours")
+    removed = remove_stale_temporaries(tmp_path)
+    assert [os.path.basename(p) for p in removed] == [f"tmp{dead_pid}_checkpoint_latest.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["checkpoint_latest.pth", "tmp_notes.txt", f"tmp{os.getpid()}_progress_ssl.png"])
+    assert remove_stale_temporaries(tmp_path / "absent") == []

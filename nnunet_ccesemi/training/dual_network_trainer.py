@@ -38,7 +38,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_ccesemi import __version__
-from nnunet_ccesemi.atomic import atomic_path
+from nnunet_ccesemi.atomic import atomic_path, remove_stale_temporaries
 from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
                                         preprocessing_fingerprint)
@@ -195,6 +195,12 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         return stream
 
     # ------------------------------------------------------------------ training
+    def on_train_start(self):
+        super().on_train_start()
+        if self.local_rank == 0:
+            for path in remove_stale_temporaries(self.output_folder):
+                self.print_to_log_file(f"removed {path}, a temporary file of an interrupted earlier run")
+
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.network_b.train()
@@ -214,7 +220,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         unlabeled = next(self.dataloader_unlabeled)
         unlabeled_wait_s = perf_counter() - wait_started
         n_labeled = batch["data"].shape[0]
-        data = torch.cat((batch["data"], unlabeled["data"])).to(self.device, non_blocking=True)
+        # Both halves come pinned from their loaders: copy each asynchronously and join them on the device
+        # (a host-side cat makes an unpinned tensor, whose copy blocks the host until it is done).
+        data = torch.cat([half.to(self.device, non_blocking=True) for half in (batch["data"], unlabeled["data"])])
         target = batch["target"]
         target = [t.to(self.device, non_blocking=True) for t in target] if isinstance(target, list) \
             else target.to(self.device, non_blocking=True)
