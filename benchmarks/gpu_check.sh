@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net). Results go to $OUT.
-# PARTS (default "memory compiled"; about 7 minutes) chooses among:
+# PARTS (default "memory objective", about 5 minutes; "compiled" about 5 more, as a second call) chooses among:
 #   memory    peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement
-#   compiled  AMP + torch.compile step times of nnUNetTrainer / CPS / CCE against the two-network floor
+#   objective the objective alone at LA 0.625 mm batch size, eager against compiled, with a CUDA profile
+#   compiled  AMP + torch.compile step times of CPS and CCE against the two-network floor
 #   eager     the same without compile
 #   train     a short CCE training through nnUNetv2_train (compile, AMP), killed, resumed with --c,
 #             final validation and the stock predictor (done on an H200 in session 1)
@@ -20,14 +21,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0))"
 entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module import $fn as m; sys.argv[0]='x'; sys.exit(m())" "$@"; }
 
-PARTS=${PARTS:-memory compiled}
+PARTS=${PARTS:-memory objective}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if part memory; then
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
-  nnUNet_preprocessed=benchmarks/plans timeout 240 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
+  nnUNet_preprocessed=benchmarks/plans timeout 200 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
     --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
 fi
+if part objective; then
+  echo "== the objective alone, 2+2 patches of 96x128x192, 32 feature channels =="
+  timeout 120 python3 benchmarks/objective_time.py --shape 4 2 96 128 192 --features 32 --device cuda --profile \
+    2>"$OUT/objective.err"
+fi
+part compiled || part eager || part train || exit 0
 
 # LA-sized synthetic data: 1.25 mm LA volumes are about 44x72x93 voxels
 python3 -c "
@@ -39,8 +46,8 @@ tail -n 2 "$OUT/unlabeled.log"
 
 if part compiled; then
   echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation) =="
-  timeout 300 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
-    --trainers nnUNetTrainer nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep -v "^20[0-9][0-9]-"
+  timeout 270 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
+    --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep -v "^20[0-9][0-9]-"
 fi
 if part eager; then
   echo "== step times, AMP, eager =="

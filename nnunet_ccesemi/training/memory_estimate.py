@@ -215,13 +215,17 @@ def estimate_step_memory(
             memory.track(itertools.chain(network.parameters(), network.buffers()))
         if getattr(trainer, "objective", None) is not None:
             memory.track(trainer.objective.buffers())
-        for step_index in range(2):
-            if step_index == 1:
-                memory.reset_peak()
-                if on_gpu:
-                    torch.cuda.reset_peak_memory_stats(trainer.device)
-            _run_train_step(trainer, batch, torch.float16 if on_gpu else autocast_dtype, step_finished,
-                            len(step_finished) + 1, step)
+        step_dtype = torch.float16 if on_gpu else autocast_dtype
+        # Warm up until SGD has stepped once (its momentum buffers exist from then on): on a GPU the
+        # grad scaler skips the steps whose gradients overflowed, typically the first ones.
+        for _ in range(5):
+            _run_train_step(trainer, batch, step_dtype, step_finished, len(step_finished) + 1, step, fake)
+            if step_finished:
+                break
+        memory.reset_peak()
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+        _run_train_step(trainer, batch, step_dtype, step_finished, len(step_finished) + 1, step, fake)
         resident = _resident_bytes(trainer, networks)
         parameters = sum(p.numel() for network in networks for p in network.parameters())
         peak = torch.cuda.max_memory_allocated(trainer.device) if on_gpu else memory.peak_bytes
@@ -238,7 +242,8 @@ def _synthetic_batch(trainer) -> dict:
     return {"data": data, "target": target if trainer.enable_deep_supervision else target[0]}
 
 
-def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, expected_steps: int, step) -> None:
+def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, expected_steps: int, step,
+                    fake: bool) -> None:
     # nnU-Net enables autocast only on CUDA; an outer CPU autocast models it (the inner no-op context
     # does not switch it off), forwards and losses included, as nnU-Net's train_step has them. On a GPU
     # the trainer's own autocast is on; the outer one covers the benchmarks' floor steps.
@@ -248,7 +253,10 @@ def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, e
     try:
         with autocast:
             trainer.train_step(batch) if step is None else step(trainer, batch)
-    except Exception as error:  # the step's last line copies the loss to the host: fine once SGD has run
+    except Exception as error:
+        if not fake:
+            raise
+        # A train_step's last line copies the loss to the host, which fake tensors cannot: fine once SGD ran.
         if len(step_finished) < expected_steps:
             raise HostSynchronisationError(
                 f"{trainer.__class__.__name__}.train_step failed on fake tensors before its optimiser step "
