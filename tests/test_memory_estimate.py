@@ -113,3 +113,12 @@ def test_cli_bad_input_is_named(planned_dataset, args, message):
                      check=False)
     assert result.returncode != 0
     assert re.search(message, result.stderr), result.stderr[-2000:]
+
+
+def test_cli_without_nnunet_preprocessed_says_so(tmp_path):
+    from conftest import clean_env
+
+    env = clean_env(tmp_path)
+    del env["nnUNet_preprocessed"]
+    result = run_cli(["nnUNetv2_ccesemi_estimate_memory", "-d", str(DATASET_ID)], env, check=False)
+    assert result.returncode != 0 and "nnUNet_preprocessed is not set" in result.stderr

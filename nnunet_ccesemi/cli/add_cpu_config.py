@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    if nnUNet_preprocessed is None:
+    if not nnUNet_preprocessed:  # nnU-Net 2.8 gives a path object that is falsy when unset
         parser.error("nnUNet_preprocessed is not set")
     folder = join(os.fspath(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
     plans_file = join(folder, args.p + ".json")

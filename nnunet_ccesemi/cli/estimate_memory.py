@@ -28,7 +28,7 @@ def load_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict, str]:
     from nnunetv2.paths import nnUNet_preprocessed
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
-    if nnUNet_preprocessed is None:
+    if not nnUNet_preprocessed:  # nnU-Net 2.8 gives a path object that is falsy when unset
         raise FileNotFoundError("nnUNet_preprocessed is not set: export it as for nnUNetv2_train")
     dataset_name = maybe_convert_to_dataset_name(dataset)
     folder = join(os.fspath(nnUNet_preprocessed), dataset_name)

@@ -111,7 +111,7 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-    if nnUNet_raw is None or nnUNet_preprocessed is None:
+    if not nnUNet_raw or not nnUNet_preprocessed:  # nnU-Net 2.8: path objects, falsy when unset
         raise UnlabeledDataError("Set the environment variables nnUNet_raw and nnUNet_preprocessed (see nnU-Net's "
                                  "documentation/setting_up_paths.md).")
     dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
