@@ -26,7 +26,7 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if part memory; then
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
-  nnUNet_preprocessed=benchmarks/plans timeout 200 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
+  nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 200 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
     --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
 fi
 if part objective; then

@@ -13,8 +13,8 @@ plans nnU-Net made, or whether the ``_lowMem`` variant is needed. This module an
   average pooling, which runs here in the input's precision as on CUDA; parameters, gradients and
   SGD momentum stay float32, as under AMP;
 * :class:`LiveTensorMemory`, a dispatch mode, adds up the bytes of every live tensor storage after
-  each operator, forwards and backwards; the second step's maximum is the estimate (the first step
-  creates the momentum buffers, which every later step carries).
+  each operator, forwards and backwards; the maximum of the step after the first completed SGD step
+  is the estimate (that step creates the momentum buffers, which every later step carries).
 
 What it leaves out: cuDNN convolution workspaces, the CUDA caching allocator's rounding and
 fragmentation (``max_memory_allocated`` counts neither fragmentation nor the CUDA context), the
@@ -121,7 +121,7 @@ class StepMemory:
 
     trainer: str
     peak_bytes: int
-    """Maximum over the second training step: what ``torch.cuda.max_memory_allocated`` would report."""
+    """Maximum over a training step after the first: what ``torch.cuda.max_memory_allocated`` would report."""
     resident_bytes: int
     """Held between steps: parameters, SGD momentum (and the prototype banks)."""
     parameters: int
@@ -158,7 +158,7 @@ def estimate_step_memory(
     fake: bool = True,
     device: str = "cpu",
 ) -> StepMemory:
-    """Peak memory of ``trainer_class``'s second ``train_step`` on the plans' patch and batch size.
+    """Peak memory of a ``trainer_class.train_step`` on the plans' patch and batch size, once SGD has stepped.
 
     Args:
         trainer_class: ``nnUNetTrainer`` or a subclass (dual-network trainers included).
