@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnunet_ccesemi.cli.estimate_memory import load_plans
+    from nnunet_ccesemi.cli.plans import load_plans
     from nnunet_ccesemi.training.memory_estimate import describe, estimate_step_memory
 
     plans, dataset_json, plans_file = load_plans(args.d, args.p)

@@ -14,7 +14,6 @@ runs in its own fresh process, so every peak belongs to its row alone.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
 import resource
@@ -23,7 +22,6 @@ import sys
 import tempfile
 import time
 import traceback
-from os.path import join
 
 import torch
 
@@ -39,15 +37,11 @@ def peak_memory_gib(device: torch.device) -> float:
 
 
 def build_trainer(name: str, dataset: str, configuration: str, plans_identifier: str, device: torch.device):
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
-    folder = join(os.fspath(nnUNet_preprocessed), maybe_convert_to_dataset_name(dataset))
-    with open(join(folder, plans_identifier + ".json")) as f:
-        plans = json.load(f)
-    with open(join(folder, "dataset.json")) as f:
-        dataset_json = json.load(f)
+    from nnunet_ccesemi.cli.plans import load_plans
+
+    plans, dataset_json, _ = load_plans(dataset, plans_identifier)
     plans["continue_training"] = False  # nnUNetTrainer.__init__ pops it
     trainer_class = recursive_find_trainer_class_by_name(name)
     return trainer_class(plans=plans, configuration=configuration, fold="all", dataset_json=dataset_json,

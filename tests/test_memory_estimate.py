@@ -1,7 +1,6 @@
 """The GPU-memory estimate on fake tensors: exact accounting, equal to real tensors, host syncs named."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -35,11 +34,11 @@ def test_tensors_made_before_the_mode_count_once_tracked():
 
 
 def _plans(planned: dict) -> tuple[dict, dict]:
+    from nnunet_ccesemi.cli.plans import load_plans
+
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[variable] = planned["env"][variable]
-    plans = json.loads((planned["preprocessed"] / "nnUNetPlans.json").read_text())
-    dataset_json = json.loads((planned["preprocessed"] / "dataset.json").read_text())
-    return plans, dataset_json
+    return load_plans(str(DATASET_ID))[:2]
 
 
 def _trainer_class(name: str):
@@ -122,3 +121,17 @@ def test_cli_without_nnunet_preprocessed_says_so(tmp_path):
     del env["nnUNet_preprocessed"]
     result = run_cli(["nnUNetv2_ccesemi_estimate_memory", "-d", str(DATASET_ID)], env, check=False)
     assert result.returncode != 0 and "nnUNet_preprocessed is not set" in result.stderr
+
+
+def test_average_pooling_keeps_the_16_bit_dtype_as_cuda_autocast_does():
+    """CPU autocast runs avg_pool3d in float32 (CUDA in the input's precision): the estimate undoes that,
+    or every residual-encoder skip would count a float32 copy of its feature map."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nnunet_ccesemi.training.memory_estimate import _CPU_ONLY_FLOAT32_OPS, _in_input_precision
+
+    assert "avg_pool3d" in _CPU_ONLY_FLOAT32_OPS
+    with FakeTensorMode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x = torch.randn(1, 4, 8, 8, 8, dtype=torch.bfloat16)
+        assert torch.nn.functional.avg_pool3d(x, 2).dtype == torch.float32
+        assert _in_input_precision(torch.nn.functional.avg_pool3d)(x, 2).dtype == torch.bfloat16

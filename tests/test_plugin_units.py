@@ -60,6 +60,19 @@ def test_config_is_frozen_and_validated():
         MethodConfig(entropy_quantile=0.0)
     with pytest.raises(ValueError, match="pseudo_label_rule"):
         MethodConfig(pseudo_label_rule="majority")
+    with pytest.raises(ValueError, match="peer_decoder_convs_per_stage must be >= 1 or None, got 0"):
+        MethodConfig(peer_decoder_convs_per_stage=0)
+
+
+def test_add_cpu_config_names_the_missing_plans_file_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from nnunet_ccesemi.cli.add_cpu_config import main
+
+    (tmp_path / "Dataset778_Empty").mkdir()
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    with pytest.raises(SystemExit):
+        main(["-d", "Dataset778_Empty"])
+    assert "no plans file " + str(tmp_path / "Dataset778_Empty" / "nnUNetPlans.json") in capsys.readouterr().err
+    assert list((tmp_path / "Dataset778_Empty").iterdir()) == []
 
 
 def test_cps_config_switches_off_everything_but_cps():

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from os.path import isfile, join
+
+from nnunet_ccesemi.atomic import atomic_path
+from nnunet_ccesemi.cli.plans import load_plans
 
 DEFAULT_MAX_VOXELS = 32 * 64 * 64
 
@@ -112,17 +113,10 @@ def main(argv=None) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing configuration of that name")
     args = parser.parse_args(argv)
 
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    if not nnUNet_preprocessed:  # nnU-Net 2.8 gives a path object that is falsy when unset
-        parser.error("nnUNet_preprocessed is not set")
-    folder = join(os.fspath(nnUNet_preprocessed), maybe_convert_to_dataset_name(args.d))
-    plans_file = join(folder, args.p + ".json")
-    if not isfile(plans_file):
-        parser.error(f"{plans_file} not found: run nnUNetv2_plan_and_preprocess -d {args.d} first")
-    with open(plans_file) as f:
-        plans = json.load(f)
+    try:
+        plans, dataset_json, plans_file = load_plans(args.d, args.p)
+    except FileNotFoundError as e:
+        parser.error(str(e))
     if args.name in plans["configurations"] and not args.overwrite:
         parser.error(f"configuration {args.name!r} already exists in {plans_file}; pass --overwrite to replace it")
     try:
@@ -130,13 +124,10 @@ def main(argv=None) -> None:
             plans, args.source, args.patch, args.max_voxels, args.base_features, args.max_features, args.batch_size)
     except (KeyError, ValueError) as e:
         parser.error(f"{plans_file}: {e}")
-    with open(join(folder, "dataset.json")) as f:
-        n_parameters = count_parameters(plans, args.name, json.load(f))
+    n_parameters = count_parameters(plans, args.name, dataset_json)
 
-    tmp = plans_file + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_path(plans_file) as tmp, open(tmp, "w") as f:
         json.dump(plans, f, indent=4)
-    os.replace(tmp, plans_file)
     config = plans["configurations"][args.name]
     kwargs = config["architecture"]["arch_kwargs"]
     print(f"Added configuration {args.name!r} to {plans_file}: inherits {args.source}, patch {config['patch_size']}, "

@@ -15,32 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
-import os
 import sys
-from os.path import isfile, join
+
+from nnunet_ccesemi.cli.plans import load_plans
 
 DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCCE", "nnUNetTrainerCCE_lowMem")
-
-
-def load_plans(dataset: str, plans_identifier: str) -> tuple[dict, dict, str]:
-    """The plans and dataset.json nnU-Net wrote to ``nnUNet_preprocessed`` for ``dataset``."""
-    from nnunetv2.paths import nnUNet_preprocessed
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-
-    if not nnUNet_preprocessed:  # nnU-Net 2.8 gives a path object that is falsy when unset
-        raise FileNotFoundError("nnUNet_preprocessed is not set: export it as for nnUNetv2_train")
-    dataset_name = maybe_convert_to_dataset_name(dataset)
-    folder = join(os.fspath(nnUNet_preprocessed), dataset_name)
-    plans_file = join(folder, plans_identifier + ".json")
-    if not isfile(plans_file):
-        raise FileNotFoundError(f"no plans file {plans_file}: run nnUNetv2_plan_and_preprocess -d {dataset} (or "
-                                f"nnUNetv2_plan_experiment) first, or pass the plans identifier with -p")
-    with open(plans_file) as f:
-        plans = json.load(f)
-    with open(join(folder, "dataset.json")) as f:
-        dataset_json = json.load(f)
-    return plans, dataset_json, plans_file
 
 
 def main(argv=None) -> None:

@@ -18,6 +18,7 @@ from time import sleep
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.data.layout import (UnlabeledDataError, completed_cases, find_unlabeled_cases, manifest_path,
                                         preprocessed_unlabeled_folder, preprocessing_fingerprint)
 
@@ -163,7 +164,5 @@ def _start_or_reset(output_folder: str, fingerprint: str, plans_name: str, confi
     elif os.path.isdir(output_folder):
         shutil.rmtree(output_folder)  # no manifest: plans unknown, cannot be trusted
     os.makedirs(output_folder, exist_ok=True)
-    tmp = manifest + ".tmp"
-    with open(tmp, "w") as f:
+    with atomic_path(manifest) as tmp, open(tmp, "w") as f:
         json.dump({"fingerprint": fingerprint, "plans_name": plans_name, "configuration": configuration}, f, indent=2)
-    os.replace(tmp, manifest)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .features import inverse_l2_norm
+
 
 def cosine_consistency(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``L_cos = mean_v (1 - cos(p^A_v, p^B_v))``, cosine along the class axis.
@@ -27,6 +29,5 @@ def cosine_consistency(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float 
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"probability shapes differ: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
     probs_a, probs_b = probs_a.float(), probs_b.float()
-    inverse_norms = (torch.rsqrt((p * p).sum(1).clamp_min(eps * eps)) for p in (probs_a, probs_b))
-    similarity = (probs_a * probs_b).sum(1) * next(inverse_norms) * next(inverse_norms)
+    similarity = (probs_a * probs_b).sum(1) * inverse_l2_norm(probs_a, eps=eps) * inverse_l2_norm(probs_b, eps=eps)
     return (1.0 - similarity).mean()

