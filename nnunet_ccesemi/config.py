@@ -14,6 +14,7 @@ PseudoLabelRule = Literal["confident", "union"]
 KLDirection = Literal["both", "a_to_b"]
 PrototypeLoss = Literal["infonce", "l2"]
 PeerArchitecture = Literal["residual", "same"]
+ReliabilityRule = Literal["class_balanced", "global"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class MethodConfig:
     # term 3: entropy-filtered pseudo-label supervision on unlabelled patches
     entropy_filter_weight: float = 1.0
     entropy_quantile: float = 0.2
+    reliability_rule: ReliabilityRule = "class_balanced"
+    """How the entropy threshold τ^k is taken: ``class_balanced`` = the quantile within each class of
+    network k's own prediction (every predicted class keeps its most confident fraction), ``global`` =
+    one quantile over all unlabelled voxels (the released code; on a background-dominated task it
+    keeps saturated background only, METHOD.md §2.3)."""
     pseudo_label_rule: PseudoLabelRule = "confident"
     filter_entropy: bool = True
     """False = every unlabelled voxel is reliable (the no-entropy-filter ablation)."""
@@ -63,7 +69,11 @@ class MethodConfig:
     contrast_sample_fraction: float = 0.01
     contrast_max_samples_per_class: int = 2048
     prototype_momentum: float = 0.0
-    """EMA momentum of the class prototypes across iterations; 0 = per-batch prototypes."""
+    """EMA momentum of the class prototypes across iterations; 0 = this batch's prototype where the
+    class is present."""
+    prototype_memory: bool = True
+    """A class without a reliable voxel in this batch keeps its last prototype (once seen, every class
+    has one); False = such a class has no prototype this step (the released code)."""
 
     # term 7: ramp-ups (fraction of all training iterations)
     unsupervised_rampup_fraction: float = 0.1
@@ -85,6 +95,8 @@ class MethodConfig:
             raise ValueError(f"prototype_momentum must lie in [0, 1), got {self.prototype_momentum}")
         if self.contrast_temperature <= 0:
             raise ValueError(f"contrast_temperature must be > 0, got {self.contrast_temperature}")
+        if self.reliability_rule not in ("class_balanced", "global"):
+            raise ValueError(f"reliability_rule must be 'class_balanced' or 'global', got {self.reliability_rule!r}")
         if self.pseudo_label_rule not in ("confident", "union"):
             raise ValueError(f"pseudo_label_rule must be 'confident' or 'union', got {self.pseudo_label_rule!r}")
         if self.kl_direction not in ("both", "a_to_b"):
@@ -116,8 +128,11 @@ CPS_CONFIG = MethodConfig(
 # All terms with METHOD.md's defaults.
 CCE_CONFIG = MethodConfig()
 
-# The released code's choices (union labels, A->B only, attached KL weight, l2 prototypes, constant weights).
+# The released code's choices (global entropy quantile, per-batch prototypes, union labels, A->B only,
+# attached KL weight, l2 prototypes, constant weights).
 CCE_RELEASED_CODE_CONFIG = CCE_CONFIG.replace(
+    reliability_rule="global",
+    prototype_memory=False,
     pseudo_label_rule="union",
     kl_direction="a_to_b",
     detach_kl_weight=False,

@@ -5,7 +5,8 @@ batch. ``METHOD.md`` §2 asks for the entropy threshold τ (the q-quantile "over
 and the class prototypes ("summed over ranks under DDP") to be global, so each rank's result must
 equal the single-process computation on the concatenated batch. Checked here for:
 
-* ``batch_quantile`` (exact: order statistics of the gathered values) and ``class_prototypes``
+* ``batch_quantile`` and ``class_quantiles`` (exact: order statistics of the gathered values) and
+  ``class_prototypes``
   (to 1e-6), with a class present on one rank only and a class absent everywhere;
 * the whole ``DualNetworkObjective`` (CCE): thresholds, each rank's reliable mask = its rows of the
   single-process mask, the prototype banks, the contrast term against the *global* prototypes, the
@@ -40,6 +41,7 @@ from nnunet_ccesemi.losses import (
     DualNetworkObjective,
     batch_quantile,
     class_prototypes,
+    class_quantiles,
     l2_normalize_voxels,
     merge_sequential_stats,
     prototype_infonce_loss,
@@ -53,6 +55,8 @@ INTERPOLATIONS = ("linear", "lower", "higher")
 PROTOTYPE_CLASSES = 5  # 0, 1 everywhere; 2 only in rows 0-1; 3 only in row 3; 4 nowhere
 FEATURE_DIM = 6
 OBJECTIVE_CLASSES = 4
+# The class-balanced thresholds of both networks (CCE's default reliable set).
+THRESHOLD_KEYS = tuple(f"entropy_threshold_{net}_c{c}" for net in "ab" for c in range(OBJECTIVE_CLASSES))
 # Every uncertain voxel is sampled (the cap 2048 exceeds the voxel count): the contrast term's value
 # does not depend on the random draw.
 CONFIG = CCE_CONFIG.replace(contrast_sample_fraction=1.0)
@@ -120,20 +124,20 @@ def global_rows(split: tuple) -> tuple[list[int], list[int]]:
 
 def run_objective(batch: dict, students=("a", "b"), objective=None):
     """The objective at full weights; returns it, the loss, its stats and the reliable mask it used."""
+    objective = objective or DualNetworkObjective(CONFIG, OBJECTIVE_CLASSES)
     captured = []
-    original = objective_module.reliable_mask
+    original = objective._unlabeled_targets
 
     def capture(*args, **kwargs):
-        mask = original(*args, **kwargs)
-        captured.append(mask)
-        return mask
+        targets = original(*args, **kwargs)
+        captured.append(targets.reliable)
+        return targets
 
-    objective_module.reliable_mask = capture
+    objective._unlabeled_targets = capture
     try:
-        objective = objective or DualNetworkObjective(CONFIG, OBJECTIVE_CLASSES)
         loss, stats = objective(**batch, unsup_weight=1.0, contrast_weight=0.1, students=students)
     finally:
-        objective_module.reliable_mask = original
+        del objective._unlabeled_targets  # back to the class's method
     return objective, loss, stats, (captured[0] if captured else None)
 
 
@@ -156,6 +160,16 @@ def _quantile_section(rank: int) -> dict:
         for q in QUANTILES:
             for interpolation in INTERPOLATIONS:
                 results[split_name, q, interpolation] = batch_quantile(local, q, interpolation=interpolation)
+    return results
+
+
+def _class_quantile_section(rank: int) -> dict:
+    data = tensor_data()
+    results = {}
+    for split_name, split in TENSOR_SPLITS.items():
+        rows = split[rank]
+        for q in QUANTILES:
+            results[split_name, q] = class_quantiles(data["values"][rows], data["labels"][rows], PROTOTYPE_CLASSES, q)
     return results
 
 
@@ -204,6 +218,7 @@ def _mean_over_ranks_section(rank: int) -> dict:
 # Run in this order; a crash (gloo aborts on a collective mismatch) only loses the sections after it.
 SECTIONS = {
     "quantile": _quantile_section,
+    "class_quantiles": _class_quantile_section,
     "prototypes": _prototype_section,
     "mean_over_ranks": _mean_over_ranks_section,
     **{f"objective/{split_name}": functools.partial(_objective_section, split_name=split_name)
@@ -295,6 +310,23 @@ def test_batch_quantile_is_the_quantile_of_the_concatenated_batch(ranks, split_n
 
 
 @pytest.mark.parametrize("split_name", sorted(TENSOR_SPLITS))
+def test_class_balanced_thresholds_are_those_of_the_concatenated_batch(ranks, split_name):
+    """Per-class thresholds (the default reliable set): global, exactly, with a class on one rank
+    only (2, 3) and a class absent everywhere (4: NaN on every rank)."""
+    data = tensor_data()
+    per_rank = section(ranks, "class_quantiles")
+    for q in QUANTILES:
+        expected, expected_counts = class_quantiles(data["values"], data["labels"], PROTOTYPE_CLASSES, q,
+                                                    distributed=False)
+        assert torch.isnan(expected[4]) and expected_counts[4] == 0
+        for rank in range(WORLD_SIZE):
+            thresholds, counts = per_rank[rank][split_name, q]
+            torch.testing.assert_close(thresholds, expected, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{split_name} q={q} rank {rank}")
+            assert torch.equal(counts, expected_counts)
+
+
+@pytest.mark.parametrize("split_name", sorted(TENSOR_SPLITS))
 def test_class_prototypes_are_those_of_the_concatenated_batch(ranks, split_name):
     data = tensor_data()
     expected_prototypes, expected_present = class_prototypes(
@@ -320,8 +352,9 @@ def test_objective_thresholds_masks_and_prototypes_are_global(ranks, split_name)
     start = 0
     for rank, results in enumerate(per_rank):
         assert set(results["stats"]) == set(stats), rank  # same keys: the epoch-end reduction stays in step
-        for key in ("entropy_threshold_a", "entropy_threshold_b", "num_prototypes"):
-            assert results["stats"][key].item() == stats[key].item(), (key, rank)
+        for key in (*THRESHOLD_KEYS, "num_prototypes"):
+            torch.testing.assert_close(results["stats"][key], stats[key], rtol=0, atol=0, equal_nan=True,
+                                       msg=f"{key} rank {rank}")
         rows = len(split[rank][1])
         assert torch.equal(results["reliable"], mask[start:start + rows]), rank
         start += rows
@@ -386,8 +419,9 @@ def test_sequential_step_reduces_like_the_joint_step(ranks, split_name):
     for rank, results in enumerate(section(ranks, f"objective/{split_name}")):
         joint, sequential = results["stats"], results["sequential_stats"]
         assert set(sequential) == set(joint), rank
-        for key in ("entropy_threshold_a", "entropy_threshold_b", "num_prototypes", "contrast_a", "contrast_b"):
-            torch.testing.assert_close(sequential[key], joint[key], rtol=1e-5, atol=1e-6, msg=f"{key} rank {rank}")
+        for key in (*THRESHOLD_KEYS, "num_prototypes", "contrast_a", "contrast_b"):
+            torch.testing.assert_close(sequential[key], joint[key], rtol=1e-5, atol=1e-6, equal_nan=True,
+                                       msg=f"{key} rank {rank}")
 
 
 def test_trainer_mean_over_ranks_is_the_nanmean_of_all_ranks(ranks):

@@ -79,23 +79,39 @@ def assert_finite_gradients(batch):
         assert gradient is None or torch.isfinite(gradient.float()).all(), name
 
 
-EXPECTED_STATS = {
-    "cce": {"disagreement_a", "disagreement_b", "agreement", "entropy_threshold_a", "entropy_threshold_b",
-            "reliable_fraction", "entropy_filter_a", "entropy_filter_b", "cps_a", "cps_b", "mean_kl_weight",
-            "cosine", "contrast_a", "contrast_b", "num_prototypes", "total"},
-    "cps": {"agreement", "cps_a", "cps_b", "total"},
-    "released": {"disagreement_a", "disagreement_b", "agreement", "entropy_threshold_a", "entropy_threshold_b",
-                 "reliable_fraction", "entropy_filter_a", "entropy_filter_b", "cps_b", "mean_kl_weight",
-                 "cosine", "contrast_a", "contrast_b", "num_prototypes", "total"},
-    "no_filter": {"disagreement_a", "disagreement_b", "agreement", "reliable_fraction", "entropy_filter_a",
-                  "entropy_filter_b", "cps_a", "cps_b", "mean_kl_weight", "cosine", "contrast_a", "contrast_b",
-                  "num_prototypes", "total"},
-    "no_kl_weight": {"disagreement_a", "disagreement_b", "agreement", "entropy_threshold_a", "entropy_threshold_b",
-                     "reliable_fraction", "entropy_filter_a", "entropy_filter_b", "cps_a", "cps_b", "cosine",
-                     "contrast_a", "contrast_b", "num_prototypes", "total"},
-    "contrast_only": {"agreement", "entropy_threshold_a", "entropy_threshold_b", "reliable_fraction",
-                      "contrast_a", "contrast_b", "num_prototypes", "total"},
-}
+def per_class(names, num_classes):
+    return {f"{name}_c{c}" for name in names for c in range(num_classes)}
+
+
+_FILTERED = {"reliable_fraction", "entropy_filter_a", "entropy_filter_b"}
+_CONTRAST = {"contrast_a", "contrast_b", "num_prototypes"}
+_CLASS_BALANCED = ("entropy_threshold_a", "entropy_threshold_b", "reliable_fraction", "prototype_present")
+_GLOBAL = {"entropy_threshold_a", "entropy_threshold_b"}
+_ALL_TERMS = {"disagreement_a", "disagreement_b", "agreement", "cps_a", "cps_b", "mean_kl_weight", "cosine",
+              "total"} | _FILTERED | _CONTRAST
+
+
+def expected_stats(config_name: str, num_classes: int) -> set:
+    """Stats keys of each configuration: every term's value, and per class c the thresholds (class-
+    balanced rule), the reliable fraction and the prototype presence."""
+    balanced = per_class(_CLASS_BALANCED, num_classes)
+    unthresholded = per_class(("reliable_fraction", "prototype_present"), num_classes)
+    return {
+        "cce": _ALL_TERMS | balanced,
+        "cps": {"agreement", "cps_a", "cps_b", "total"},
+        "released": (_ALL_TERMS - {"cps_a"}) | _GLOBAL | unthresholded,
+        "no_filter": _ALL_TERMS | unthresholded,
+        "no_kl_weight": (_ALL_TERMS - {"mean_kl_weight"}) | balanced,
+        "contrast_only": {"agreement", "reliable_fraction", "total"} | _CONTRAST | balanced,
+    }[config_name]
+
+
+EXPECTED_STATS = ("cce", "cps", "released", "no_filter", "no_kl_weight", "contrast_only")
+
+
+def is_per_class(key: str) -> bool:
+    """A per-class statistic (NaN in a batch without that class)."""
+    return key.rsplit("_", 1)[-1][:1] == "c" and key.rsplit("_", 1)[-1][1:].isdigit()
 
 
 @pytest.mark.parametrize("config_name", sorted(EXPECTED_STATS))
@@ -103,7 +119,7 @@ EXPECTED_STATS = {
 def test_stats_keys_and_finite_gradients_per_config(config_name, shape_name):
     batch = make_batch(SHAPES[shape_name])
     _, loss, stats = run_objective(CONFIGS[config_name], batch)
-    assert set(stats) == EXPECTED_STATS[config_name]
+    assert set(stats) == expected_stats(config_name, SHAPES[shape_name][1])
     for key, value in stats.items():
         assert value.shape == () and value.dtype == torch.float32 and not value.requires_grad, key
         assert torch.isfinite(value), key
@@ -167,17 +183,35 @@ def test_total_is_the_weighted_sum_of_the_terms():
     assert stats["contrast_a"] > 0 and stats["disagreement_a"] > 0
 
 
-def test_entropy_filter_term_matches_the_functions_and_uses_constant_pseudo_labels():
-    config = MethodConfig(disagreement_weight=0.0, cps_weight=0.0, cosine_weight=0.0, contrast_weight=0.0)
-    batch = make_batch(SHAPES["2d-c2"])
-    _, loss, _ = run_objective(config, batch)
+def quantile_of_each_class(entropy, labels, num_classes, q):
+    """τ_c by the definition: torch.quantile ('lower') of the entropies of each class, NaN if absent."""
+    return torch.stack([
+        torch.quantile(entropy[labels == c], q, interpolation="lower") if (labels == c).any()
+        else torch.tensor(float("nan")) for c in range(num_classes)
+    ])
+
+
+@pytest.mark.parametrize("rule", ["class_balanced", "global"])
+def test_entropy_filter_term_matches_the_functions_and_uses_constant_pseudo_labels(rule):
+    config = MethodConfig(disagreement_weight=0.0, cps_weight=0.0, cosine_weight=0.0, contrast_weight=0.0,
+                          reliability_rule=rule)
+    batch = make_batch(SHAPES["3d-c4"])
+    _, loss, stats = run_objective(config, batch)
     gradient_a, gradient_b = torch.autograd.grad(loss, (batch["logits_a"], batch["logits_b"]))
 
     n = batch["n_labeled"]
     logits_a_u, logits_b_u = batch["logits_a"][n:], batch["logits_b"][n:]
     probs_a, probs_b = torch.softmax(logits_a_u.detach(), 1), torch.softmax(logits_b_u.detach(), 1)
     entropy_a, entropy_b = normalized_entropy(probs_a), normalized_entropy(probs_b)
-    reliable = reliable_mask(entropy_a, entropy_b, batch_quantile(entropy_a, 0.2), batch_quantile(entropy_b, 0.2))
+    if rule == "global":
+        reliable = reliable_mask(entropy_a, entropy_b, batch_quantile(entropy_a, 0.2), batch_quantile(entropy_b, 0.2))
+    else:
+        labels_a, labels_b = probs_a.argmax(1), probs_b.argmax(1)
+        thresholds_a = quantile_of_each_class(entropy_a, labels_a, 4, 0.2)
+        thresholds_b = quantile_of_each_class(entropy_b, labels_b, 4, 0.2)
+        reliable = (entropy_a <= thresholds_a[labels_a]) | (entropy_b <= thresholds_b[labels_b])
+        for c in range(4):
+            torch.testing.assert_close(stats[f"entropy_threshold_a_c{c}"], thresholds_a[c], equal_nan=True)
     pseudo_labels = joint_pseudo_labels(probs_a, probs_b, entropy_a, entropy_b)
     expected = masked_cross_entropy(logits_a_u, pseudo_labels, reliable) + masked_cross_entropy(
         logits_b_u, pseudo_labels, reliable
@@ -187,6 +221,7 @@ def test_entropy_filter_term_matches_the_functions_and_uses_constant_pseudo_labe
     torch.testing.assert_close(gradient_a, expected_a)
     torch.testing.assert_close(gradient_b, expected_b)
     assert gradient_a[:n].abs().sum() == 0  # the labelled rows take no part in term 3
+    torch.testing.assert_close(stats["reliable_fraction"], reliable.float().mean())
 
 
 def test_a_to_b_trains_network_b_only():
@@ -221,7 +256,11 @@ def test_features_of_the_unlabelled_rows_only_give_the_same_loss():
 
 
 def test_no_reliable_voxel_gives_finite_zero_terms(monkeypatch):
-    monkeypatch.setattr(objective_module, "reliable_mask", lambda entropy_a, *args, **kwargs: torch.zeros_like(entropy_a, dtype=torch.bool))
+    def nothing_reliable(entropy, *args, **kwargs):
+        return torch.zeros_like(entropy, dtype=torch.bool)
+
+    monkeypatch.setattr(objective_module, "reliable_mask", nothing_reliable)  # the global rule
+    monkeypatch.setattr(objective_module, "class_balanced_reliable", nothing_reliable)  # the default rule
     batch = make_batch(SHAPES["3d-c4"])
     _, loss, stats = run_objective(CCE_CONFIG, batch)
     assert stats["reliable_fraction"] == 0 and stats["num_prototypes"] == 0
@@ -354,7 +393,7 @@ def test_property_objective_is_finite_with_finite_gradients(case):
     )
     _, loss, stats = run_objective(CONFIGS[config_name], batch, unsup_weight=0.5, contrast_weight=0.1, seed=seed)
     assert torch.isfinite(loss)
-    assert all(torch.isfinite(value) for value in stats.values())
+    assert all(torch.isfinite(value) for key, value in stats.items() if not is_per_class(key))
     loss.backward()
     assert_finite_gradients(batch)
 

@@ -20,6 +20,11 @@ class nnUNetTrainerCCE_noContrast(nnUNetTrainerCCE):
     method_config = CCE_CONFIG.replace(contrast_weight=0.0)
 
 
+class nnUNetTrainerCCE_globalRule(nnUNetTrainerCCE):
+    """CCE with the released code's global entropy quantile instead of the per-class one."""
+    method_config = CCE_CONFIG.replace(reliability_rule="global")
+
+
 class nnUNetTrainerCCE_releasedCode(nnUNetTrainerCCE):
     method_config = CCE_RELEASED_CODE_CONFIG
 
@@ -59,3 +64,29 @@ class nnUNetTrainerCCE_lowMem_5epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
 
 class nnUNetTrainerCCE_noKLWeight_10epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
     budget_epochs = 10
+
+
+# The development protocol's budget (20 epochs x 50 iterations = 1000 iterations): every row of
+# the Left Atrium comparison in benchmarks/README.md.
+class nnUNetTrainerCCE_20epochs(ShortBudget, nnUNetTrainerCCE):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_noEntropyFilter_20epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_noKLWeight_20epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_noContrast_20epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_globalRule_20epochs(ShortBudget, nnUNetTrainerCCE_globalRule):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_releasedCode_20epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
+    budget_epochs = 20

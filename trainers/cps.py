@@ -20,6 +20,10 @@ class nnUNetTrainerCPS_10epochs(ShortBudget, nnUNetTrainerCPS):
     budget_epochs = 10
 
 
+class nnUNetTrainerCPS_20epochs(ShortBudget, nnUNetTrainerCPS):
+    budget_epochs = 20
+
+
 class nnUNetTrainerCPS_lowMem(nnUNetTrainerCPS):
     """CPS with the sequential step: one network's activations at a time, same gradients."""
     sequential_step = True

@@ -10,3 +10,7 @@ class nnUNetTrainerSupervised_5epochs(ShortBudget, nnUNetTrainer):
 
 class nnUNetTrainerSupervised_10epochs(ShortBudget, nnUNetTrainer):
     budget_epochs = 10
+
+
+class nnUNetTrainerSupervised_20epochs(ShortBudget, nnUNetTrainer):
+    budget_epochs = 20

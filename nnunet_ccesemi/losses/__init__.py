@@ -7,7 +7,14 @@ from .cross_pseudo import (
     masked_cross_entropy,
 )
 from .disagreement import confident_disagreement_loss
-from .entropy import batch_quantile, normalized_entropy, reliable_mask
+from .entropy import (
+    batch_quantile,
+    class_balanced_reliable,
+    class_quantiles,
+    normalized_entropy,
+    normalized_entropy_from_logits,
+    reliable_mask,
+)
 from .features import DecoderFeatureHook, l2_normalize_voxels
 from .objective import DualNetworkObjective, UnlabeledObjective, merge_sequential_stats
 from .prototypes import (
@@ -28,6 +35,8 @@ __all__ = [
     "PrototypeBank",
     "UnlabeledObjective",
     "batch_quantile",
+    "class_balanced_reliable",
+    "class_quantiles",
     "class_prototypes",
     "confident_disagreement_loss",
     "contrast_rampup",
@@ -40,6 +49,7 @@ __all__ = [
     "masked_cross_entropy",
     "merge_sequential_stats",
     "normalized_entropy",
+    "normalized_entropy_from_logits",
     "prototype_infonce_loss",
     "prototype_l2_loss",
     "reliable_mask",

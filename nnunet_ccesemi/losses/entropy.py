@@ -45,6 +45,34 @@ def normalized_entropy(probs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return -torch.special.xlogy(probs, probs).sum(dim) / math.log(num_classes)
 
 
+def normalized_entropy_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Normalised Shannon entropy from logits, through ``log_softmax``, in float32.
+
+    ``H_v = -sum_c p_{c,v} log p_{c,v} / log C`` with ``log p = log_softmax(z)`` and ``p = exp(log p)``.
+    Same value as :func:`normalized_entropy` of ``softmax(z)``, but it keeps saturated voxels apart:
+    the log-probability of a minority class stays finite (``-80`` rather than ``log 0``) and a voxel
+    with a larger logit gap gets a smaller, non-zero entropy down to float32's smallest subnormal,
+    so a quantile over confident voxels ranks them instead of tying them at 0 (our deviation from the
+    released code, ``METHOD.md`` §2.3).
+
+    Args:
+        logits: (B, C, *spatial) with the classes on ``dim``, any floating dtype; C >= 2.
+        dim: the class axis.
+
+    Returns:
+        float32 (B, *spatial), ``>= +0.0``; keeps the graph of ``logits``.
+    """
+    num_classes = logits.shape[dim]
+    if num_classes < 2:
+        raise ValueError(f"normalized_entropy_from_logits needs C >= 2 classes on dim {dim}, got shape "
+                         f"{tuple(logits.shape)}")
+    log_probs = torch.log_softmax(logits.float(), dim=dim)
+    entropy = -(log_probs.exp() * log_probs).sum(dim) / math.log(num_classes)
+    # log_softmax <= 0, so every term is <= 0; adding +0.0 turns a -0.0 sum into +0.0 (the sort key
+    # of class_quantiles reads the float's bits).
+    return entropy + 0.0
+
+
 def _distributed_active(distributed: Optional[bool]) -> bool:
     if distributed is None:
         return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -136,6 +164,79 @@ def batch_quantile(
         return upper
     lower = torch.kthvalue(flat, lower_index + 1).values
     return torch.lerp(lower, upper, rank - lower_index)
+
+
+_CLASS_KEY_SHIFT = 32
+
+
+def class_quantiles(
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    q: float,
+    *,
+    distributed: Optional[bool] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``q``-quantile of ``values`` within each class of ``labels``: ``τ_c`` for c in [0, C).
+
+    ``τ_c = v^c_(floor(q (n_c - 1)))``, the lower order statistic of the ``n_c`` values labelled c
+    (``interpolation='lower'`` of :func:`batch_quantile`: an actual value, so ``v <= τ_c`` keeps at
+    least ``floor(q (n_c - 1)) + 1`` voxels of class c, more only where values tie at ``τ_c``). The
+    class-balanced threshold of ``METHOD.md`` §2.3: on a background-dominated batch a global quantile
+    is reached by background alone, a per-class one gives every class its most confident fraction.
+
+    One sort for all classes, on the device, no host synchronisation: the int64 key is
+    ``class · 2^32 + bits(v)``, where ``bits`` is the float32 bit pattern read as an integer, which
+    orders non-negative floats exactly as their values. Position ``start_c + floor(q (n_c - 1))`` of
+    the sorted keys is then the order statistic, with ``n_c`` and ``start_c`` from an integer
+    scatter-add and a cumulative sum. Under ``torch.distributed`` the keys of every rank are gathered
+    first (global thresholds, exactly those of the concatenated batch; one host synchronisation to
+    learn the ranks' sizes, as :func:`batch_quantile`).
+
+    Args:
+        values: non-negative values (entropies), any shape and floating dtype; detached. Negative
+            values (and -0.0) count as +0.0: their bits would sort after every positive value.
+        labels: integer class labels in [0, C), the shape of ``values``.
+        num_classes: C.
+        q: quantile level in [0, 1].
+        distributed: gather over ranks; ``None`` = whenever a process group of more than one rank is
+            initialised.
+
+    Returns:
+        ``(thresholds, counts)``: float32 (C,), NaN for a class without a value; int64 (C,), the
+        number of values of each class (over all ranks under DDP).
+
+    Raises:
+        ValueError: ``q`` outside [0, 1] or mismatched shapes.
+    """
+    if not 0.0 <= q <= 1.0:
+        raise ValueError(f"q must lie in [0, 1], got {q}")
+    if values.shape != labels.shape:
+        raise ValueError(f"values and labels differ in shape: {tuple(values.shape)} vs {tuple(labels.shape)}")
+    flat = values.detach().reshape(-1).float()
+    flat = torch.where(flat > 0, flat, torch.zeros_like(flat))
+    keys = (labels.reshape(-1).long() << _CLASS_KEY_SHIFT) | flat.view(torch.int32).long()
+    if _distributed_active(distributed):
+        keys = _gather_from_all_ranks(keys)
+    sorted_keys = torch.sort(keys).values
+    sorted_classes = sorted_keys >> _CLASS_KEY_SHIFT
+    sorted_values = (sorted_keys & 0xFFFFFFFF).int().view(torch.float32)
+    counts = torch.zeros(num_classes, dtype=torch.long, device=keys.device).scatter_add_(
+        0, sorted_classes, torch.ones_like(sorted_classes))
+    starts = torch.cumsum(counts, 0) - counts
+    offsets = torch.floor(q * (counts - 1).clamp_min(0).double()).long()
+    positions = (starts + offsets).clamp(0, max(sorted_values.numel() - 1, 0))
+    if sorted_values.numel() == 0:
+        return torch.full((num_classes,), math.nan, device=keys.device), counts
+    thresholds = torch.where(counts > 0, sorted_values[positions], torch.full_like(sorted_values[positions], math.nan))
+    return thresholds, counts
+
+
+def class_balanced_reliable(
+    entropy: torch.Tensor, labels: torch.Tensor, thresholds: torch.Tensor
+) -> torch.Tensor:
+    """``H_v <= τ_{y_v}``: the voxel is among the most confident of its own class (NaN τ: never)."""
+    return entropy <= thresholds[labels]
 
 
 def reliable_mask(

@@ -9,6 +9,7 @@ no parameters, only the per-network prototype banks (buffers, checkpointed with 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -19,7 +20,14 @@ from ..config import MethodConfig
 from .consistency import cosine_consistency
 from .cross_pseudo import cross_pseudo_supervision, kl_weighted_cross_pseudo_supervision, masked_cross_entropy
 from .disagreement import confident_disagreement_loss
-from .entropy import _distributed_active, batch_quantile, normalized_entropy, reliable_mask
+from .entropy import (
+    _distributed_active,
+    batch_quantile,
+    class_balanced_reliable,
+    class_quantiles,
+    normalized_entropy_from_logits,
+    reliable_mask,
+)
 from .pseudo_labels import class_argmax, joint_pseudo_labels
 from .prototypes import (
     PrototypeBank,
@@ -30,6 +38,24 @@ from .prototypes import (
 )
 
 NETWORKS = ("a", "b")
+
+
+@dataclass(frozen=True)
+class UnlabeledTargets:
+    """What the unlabelled terms 3 and 6 learn from, all detached, (m, *spatial) each.
+
+    Attributes:
+        own_labels: each network's own argmax (``{"a": ..., "b": ...}``; term 6 labels a network's
+            uncertain voxels with its own prediction).
+        reliable: bool, the voxels that supervise term 3 and build the prototypes of term 6.
+        pseudo_labels: int64, the joint pseudo-labels of term 3.
+    """
+
+    own_labels: dict
+    reliable: torch.Tensor
+    pseudo_labels: torch.Tensor
+
+
 NORMALIZE_EPS = 1e-12  # that of l2_normalize_voxels: a sampled voxel is normalised as the prototypes' voxels
 
 
@@ -40,8 +66,10 @@ class DualNetworkObjective(nn.Module):
     ``[labelled (n) ; unlabelled (m)]``, shape (n + m, C, *spatial), 2D or 3D.
 
     * term 2, labelled rows: ``w_mis Σ_k L_mis^k`` (:func:`confident_disagreement_loss`);
-    * term 3, unlabelled rows: normalised entropies ``H^k``, thresholds ``τ^k`` = their
-      ``entropy_quantile`` (global under DDP), reliable voxels ``H^A <= τ^A or H^B <= τ^B`` (all voxels
+    * term 3, unlabelled rows: normalised entropies ``H^k`` (from log-probabilities), thresholds
+      ``τ^k_c`` = the ``entropy_quantile`` of ``H^k`` within each class c of network k's own prediction
+      (``reliability_rule='class_balanced'``; ``'global'``: one ``τ^k`` over all voxels, the released
+      code), all global under DDP; reliable voxels ``H^A <= τ^A_{ŷ^A} or H^B <= τ^B_{ŷ^B}`` (all voxels
       if ``filter_entropy`` is off), joint pseudo-labels (``pseudo_label_rule``), and
       ``L_ef^k`` = CE over the reliable voxels;
     * term 4, all rows: ``L_kl^k`` = KL-weighted CPS of student k by the other net (plain CPS if
@@ -49,7 +77,7 @@ class DualNetworkObjective(nn.Module):
     * term 5, all rows: cosine consistency;
     * term 6, unlabelled rows, each net on its own L2-normalised decoder features: prototypes of the
       pseudo-classes over reliable voxels (through a :class:`PrototypeBank` with
-      ``prototype_momentum``), a sample of the uncertain voxels labelled by the net's own argmax, and
+      ``prototype_momentum`` and ``prototype_memory``), a sample of the uncertain voxels labelled by the net's own argmax, and
       InfoNCE (or the ``l2`` variant) against the prototypes. With ``filter_entropy`` off no voxel is
       uncertain, so this term is 0.
 
@@ -85,7 +113,8 @@ class DualNetworkObjective(nn.Module):
         self.ignore_index = ignore_index
         self.generator = generator
         self.prototype_banks = nn.ModuleDict(
-            {net: PrototypeBank(num_classes, config.prototype_momentum) for net in NETWORKS}
+            {net: PrototypeBank(num_classes, config.prototype_momentum, memory=config.prototype_memory)
+             for net in NETWORKS}
         )
 
     def forward(
@@ -126,130 +155,169 @@ class DualNetworkObjective(nn.Module):
         Returns:
             ``(loss, stats)``: the 0-dim float32 loss, and a dict of detached 0-dim float32 tensors
             (each computed term, ``reliable_fraction``, ``agreement``, ``mean_kl_weight``,
-            ``num_prototypes``, ``entropy_threshold_a/b``, ``total``); nothing synchronises with the host
-            in a single process (under DDP each threshold first learns the other ranks' voxel counts).
+            ``num_prototypes``, ``total``, and per class c: ``entropy_threshold_a_c{c}`` / ``_b_c{c}``
+            (``entropy_threshold_a/b`` under the global rule), ``reliable_fraction_c{c}`` (the share of
+            pseudo-class c's voxels that are reliable) and ``prototype_present_c{c}``; a per-class
+            value is NaN in a batch without that class); nothing synchronises with the host in a single
+            process (under DDP each threshold first learns the other ranks' voxel counts).
         """
         config = self.config
         if not students or not set(students) <= set(NETWORKS):
             raise ValueError(f"students must be a non-empty subset of {NETWORKS}, got {students}")
         self._check_inputs(logits_a, logits_b, n_labeled, target_labeled, features_a, features_b, contrast_weight,
                            students)
-        device = logits_a.device
-        n_unlabeled = logits_a.shape[0] - n_labeled
+        n_rows = logits_a.shape[0]
         # Under DDP a rank without unlabelled rows must still join the collectives of terms 3 and 6
         # (thresholds, prototypes), or the ranks that have some wait forever.
-        has_unlabeled = n_unlabeled > 0 or _distributed_active(None)
-        with torch.autocast(device_type=device.type, enabled=False):
+        has_unlabeled = n_rows > n_labeled or _distributed_active(None)
+        with torch.autocast(device_type=logits_a.device.type, enabled=False):
             logits = {"a": logits_a.float(), "b": logits_b.float()}
             probs = {net: torch.softmax(logits[net], dim=1) for net in NETWORKS}
+            stats: dict[str, torch.Tensor] = {}
             # Accumulated on the graph of the logits, so an all-skipped objective is a connected 0.
             total = (logits["a"].sum() + logits["b"].sum()) * 0.0
-            stats: dict[str, torch.Tensor] = {}
-            counted_in_stats = total.detach()  # the shared term counts once when two calls are merged
+            # The shared cosine term enters every call's loss but counts once when two calls are merged.
+            not_counted = total.detach()
 
             if config.disagreement_weight > 0 and target_labeled is not None and n_labeled > 0:
-                probs_a_labeled = probs["a"][:n_labeled].detach()
-                probs_b_labeled = probs["b"][:n_labeled].detach()
-                for net in students:
-                    term = confident_disagreement_loss(
-                        probs[net][:n_labeled],
-                        probs_a_labeled,
-                        probs_b_labeled,
-                        target_labeled,
-                        config.disagreement_confidence,
-                        ignore_index=self.ignore_index,
-                    )
-                    stats[f"disagreement_{net}"] = term.detach()
-                    total = total + config.disagreement_weight * term
-
-            needs_pseudo_labels = config.entropy_filter_weight > 0 or self._contrast_active(contrast_weight)
+                total = total + self._disagreement_term(probs, n_labeled, target_labeled, students, stats)
+            targets = None
             if has_unlabeled:
-                with torch.no_grad():
-                    probs_unlabeled = {net: probs[net][n_labeled:].detach() for net in NETWORKS}
-                    labels_unlabeled = {net: class_argmax(probs_unlabeled[net]) for net in NETWORKS}
-                    stats["agreement"] = (labels_unlabeled["a"] == labels_unlabeled["b"]).float().mean()
-                    if needs_pseudo_labels:
-                        reliable, pseudo_labels = self._reliable_pseudo_labels(probs_unlabeled, stats)
-
-            if config.entropy_filter_weight > 0 and has_unlabeled:
-                for net in students:
-                    term = masked_cross_entropy(logits[net][n_labeled:], pseudo_labels, reliable)
-                    stats[f"entropy_filter_{net}"] = term.detach()
-                    total = total + unsup_weight * config.entropy_filter_weight * term
-
+                needs_targets = config.entropy_filter_weight > 0 or self._contrast_active(contrast_weight)
+                targets = self._unlabeled_targets(logits, n_labeled, needs_targets, stats)
+            if config.entropy_filter_weight > 0 and targets is not None:
+                total = total + unsup_weight * self._entropy_filter_term(logits, n_labeled, targets, students, stats)
             if config.cps_weight > 0:
-                cps_students = [net for net in students if config.kl_direction == "both" or net == "b"]
-                kl_weights = []
-                for student in cps_students:
-                    teacher = "b" if student == "a" else "a"
-                    if config.kl_weighting:
-                        term, mean_weight = kl_weighted_cross_pseudo_supervision(
-                            logits[student], logits[teacher], detach_weight=config.detach_kl_weight
-                        )
-                        kl_weights.append(mean_weight)
-                    else:
-                        term = cross_pseudo_supervision(logits[student], logits[teacher])
-                    stats[f"cps_{student}"] = term.detach()
-                    total = total + unsup_weight * config.cps_weight * term
-                if kl_weights:
-                    stats["mean_kl_weight"] = torch.stack(kl_weights).mean()
-
+                total = total + unsup_weight * self._cross_pseudo_term(logits, students, stats)
             if config.cosine_weight > 0:
                 term = cosine_consistency(probs["a"], probs["b"])
                 stats["cosine"] = term.detach()
-                total = total + unsup_weight * config.cosine_weight * term
+                weighted = unsup_weight * config.cosine_weight * term
+                total = total + weighted
                 if "a" not in students:
-                    counted_in_stats = counted_in_stats - unsup_weight * config.cosine_weight * term.detach()
+                    not_counted = not_counted + weighted.detach()
+            if self._contrast_active(contrast_weight) and targets is not None:
+                features = {"a": features_a, "b": features_b}
+                total = total + contrast_weight * self._contrast_terms(
+                    features, n_rows, n_labeled, targets, students, update_prototype_banks, stats)
 
-            if self._contrast_active(contrast_weight) and has_unlabeled:
-                # All rows, or only the unlabelled ones.
-                features = {
-                    net: f[n_labeled:] if f.shape[0] == logits_a.shape[0] else f
-                    for net, f in (("a", features_a), ("b", features_b)) if net in students
-                }
-                num_prototypes = []
-                for net in students:
-                    term, present = self._contrast_term(
-                        net, features[net], labels_unlabeled[net], reliable, pseudo_labels,
-                        update_prototype_banks,
-                    )
-                    num_prototypes.append(present.sum().float())
-                    stats[f"contrast_{net}"] = term.detach()
-                    total = total + contrast_weight * term
-                stats["num_prototypes"] = torch.stack(num_prototypes).mean()
-
-        stats["total"] = total.detach() + counted_in_stats
+        stats["total"] = total.detach() - not_counted
         return total, stats
 
     def _contrast_active(self, contrast_weight: float) -> bool:
         return self.config.contrast_weight > 0 and contrast_weight != 0
 
-    @torch.no_grad()
-    def _reliable_pseudo_labels(
-        self, probs_unlabeled: dict[str, torch.Tensor], stats: dict[str, torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    # ------------------------------------------------------------------ the terms
+    def _disagreement_term(self, probs, n_labeled, target_labeled, students, stats) -> torch.Tensor:
+        """Term 2, weighted: ``w_mis Σ_k L_mis^k`` on the labelled rows."""
+        probs_a_labeled = probs["a"][:n_labeled].detach()
+        probs_b_labeled = probs["b"][:n_labeled].detach()
+        total = 0.0
+        for net in students:
+            term = confident_disagreement_loss(
+                probs[net][:n_labeled], probs_a_labeled, probs_b_labeled, target_labeled,
+                self.config.disagreement_confidence, ignore_index=self.ignore_index,
+            )
+            stats[f"disagreement_{net}"] = term.detach()
+            total = total + self.config.disagreement_weight * term
+        return total
+
+    def _entropy_filter_term(self, logits, n_labeled, targets: "UnlabeledTargets", students, stats) -> torch.Tensor:
+        """Term 3, weighted but for λ_u: ``w_ef Σ_k CE(z^k_U, ŷ^U)`` over the reliable voxels."""
+        total = 0.0
+        for net in students:
+            term = masked_cross_entropy(logits[net][n_labeled:], targets.pseudo_labels, targets.reliable)
+            stats[f"entropy_filter_{net}"] = term.detach()
+            total = total + self.config.entropy_filter_weight * term
+        return total
+
+    def _cross_pseudo_term(self, logits, students, stats) -> torch.Tensor:
+        """Term 4, weighted but for λ_u: KL-weighted (or plain) CPS of each student by its peer."""
         config = self.config
-        entropy = {net: normalized_entropy(probs_unlabeled[net]) for net in NETWORKS}
-        if config.filter_entropy:
+        total = 0.0
+        kl_weights = []
+        for student in students:
+            if config.kl_direction == "a_to_b" and student != "b":
+                continue
+            teacher = "b" if student == "a" else "a"
+            if config.kl_weighting:
+                term, mean_weight = kl_weighted_cross_pseudo_supervision(
+                    logits[student], logits[teacher], detach_weight=config.detach_kl_weight
+                )
+                kl_weights.append(mean_weight)
+            else:
+                term = cross_pseudo_supervision(logits[student], logits[teacher])
+            stats[f"cps_{student}"] = term.detach()
+            total = total + config.cps_weight * term
+        if kl_weights:
+            stats["mean_kl_weight"] = torch.stack(kl_weights).mean()
+        return total
+
+    def _contrast_terms(self, features, n_rows, n_labeled, targets, students, update_prototype_banks,
+                        stats) -> torch.Tensor:
+        """Term 6 without λ_c: ``Σ_k L_con^k``, each net on its own decoder features."""
+        total = 0.0
+        present_per_net = []
+        for net in students:
+            # all rows, or only the unlabelled ones
+            features_unlabeled = features[net][n_labeled:] if features[net].shape[0] == n_rows else features[net]
+            term, present = self._contrast_term(net, features_unlabeled, targets, update_prototype_banks)
+            present_per_net.append(present.float())
+            stats[f"contrast_{net}"] = term.detach()
+            total = total + term
+        present = torch.stack(present_per_net).mean(0)
+        stats["num_prototypes"] = present.sum()
+        for c in range(self.num_classes):
+            stats[f"prototype_present_c{c}"] = present[c]
+        return total
+
+    # ------------------------------------------------------------------ unlabelled targets
+    @torch.no_grad()
+    def _unlabeled_targets(self, logits, n_labeled, needs_targets: bool, stats) -> Optional["UnlabeledTargets"]:
+        """Each net's own labels on the unlabelled rows, and (if a term needs them) the reliable voxels
+        and the joint pseudo-labels of term 3; records agreement, thresholds and reliable fractions."""
+        config = self.config
+        logits_unlabeled = {net: logits[net][n_labeled:].detach() for net in NETWORKS}
+        own_labels = {net: class_argmax(logits_unlabeled[net]) for net in NETWORKS}
+        stats["agreement"] = (own_labels["a"] == own_labels["b"]).float().mean()
+        if not needs_targets:
+            return None
+        entropy = {net: normalized_entropy_from_logits(logits_unlabeled[net]) for net in NETWORKS}
+        if not config.filter_entropy:
+            reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
+        elif config.reliability_rule == "global":
             threshold = {net: batch_quantile(entropy[net], config.entropy_quantile) for net in NETWORKS}
             reliable = reliable_mask(entropy["a"], entropy["b"], threshold["a"], threshold["b"])
             for net in NETWORKS:
                 stats[f"entropy_threshold_{net}"] = threshold[net]
         else:
-            reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
-        stats["reliable_fraction"] = reliable.float().mean()
+            reliable_per_net = []
+            for net in NETWORKS:
+                thresholds, _ = class_quantiles(entropy[net], own_labels[net], self.num_classes,
+                                                config.entropy_quantile)
+                reliable_per_net.append(class_balanced_reliable(entropy[net], own_labels[net], thresholds))
+                for c in range(self.num_classes):
+                    stats[f"entropy_threshold_{net}_c{c}"] = thresholds[c]
+            reliable = reliable_per_net[0] | reliable_per_net[1]
         pseudo_labels = joint_pseudo_labels(
-            probs_unlabeled["a"], probs_unlabeled["b"], entropy["a"], entropy["b"], config.pseudo_label_rule
+            logits_unlabeled["a"], logits_unlabeled["b"], entropy["a"], entropy["b"], config.pseudo_label_rule
         )
-        return reliable, pseudo_labels
+        stats["reliable_fraction"] = reliable.float().mean()
+        # Per pseudo-class: the share of its voxels that supervise (NaN for a class absent from the batch).
+        counts = torch.zeros(self.num_classes, device=reliable.device).scatter_add_(
+            0, pseudo_labels.reshape(-1), torch.ones_like(reliable.reshape(-1), dtype=torch.float32))
+        kept = torch.zeros(self.num_classes, device=reliable.device).scatter_add_(
+            0, pseudo_labels.reshape(-1), reliable.reshape(-1).float())
+        reliable_fraction = kept / counts  # 0/0 = NaN: class absent
+        for c in range(self.num_classes):
+            stats[f"reliable_fraction_c{c}"] = reliable_fraction[c]
+        return UnlabeledTargets(own_labels=own_labels, reliable=reliable, pseudo_labels=pseudo_labels)
 
     def _contrast_term(
         self,
         net: str,
         features_unlabeled: torch.Tensor,
-        own_labels: torch.Tensor,
-        reliable: torch.Tensor,
-        pseudo_labels: torch.Tensor,
+        targets: "UnlabeledTargets",
         update_prototype_bank: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
@@ -259,18 +327,18 @@ class DualNetworkObjective(nn.Module):
         # gradients that are zero but at the samples).
         with torch.no_grad():
             prototypes, present = class_prototypes(
-                features_unlabeled.detach(), pseudo_labels, reliable, self.num_classes, eps=NORMALIZE_EPS,
-                normalize_voxels=True,
+                features_unlabeled.detach(), targets.pseudo_labels, targets.reliable, self.num_classes,
+                eps=NORMALIZE_EPS, normalize_voxels=True,
             )
         bank = self.prototype_banks[net]
         if update_prototype_bank:
             prototypes, present = bank.update(prototypes, present)
-        elif bank.prototypes.numel() and config.prototype_momentum > 0:
+        elif bank.prototypes.numel() and bank.memory:
             prototypes, present = bank.prototypes, bank.present
         sampled_features, sampled_labels = sample_uncertain_voxels(
             features_unlabeled,
-            own_labels,
-            ~reliable,
+            targets.own_labels[net],
+            ~targets.reliable,
             config.contrast_sample_fraction,
             config.contrast_max_samples_per_class,
             generator=self.generator,

@@ -112,9 +112,11 @@ class PrototypeBank(nn.Module):
 
     ``update(μ_t, present_t)``: for a class present now and before,
     ``μ <- normalise(m μ + (1 - m) μ_t)``; present now only: ``μ <- μ_t``; present before only: the
-    stored prototype is kept (it stays present); never present: absent. With ``momentum == 0`` the
-    bank is just the current batch (an absent class has no prototype this step, as ``METHOD.md``
-    specifies for per-batch prototypes).
+    stored prototype is kept (it stays present) if the bank has a ``memory``; never present: absent.
+    With ``momentum == 0`` a present class takes this batch's prototype; with ``memory`` off as well the
+    bank is just the current batch (an absent class has no prototype this step: the released code's
+    per-batch prototypes). The memory is what keeps the contrastive term alive on a task where a
+    class is missing from many batches (a small foreground structure in random patches).
 
     The prototypes and the presence flags are buffers, so they go into ``state_dict`` (and follow
     ``.to(device)``). The feature width is taken from the first update unless given; loading a
@@ -124,17 +126,21 @@ class PrototypeBank(nn.Module):
         num_classes: C.
         momentum: m in [0, 1).
         feature_dim: F, if known up front.
+        memory: keep a class's last prototype through batches without it; ``None`` = only when
+            ``momentum > 0`` (an EMA always remembers).
     """
 
     prototypes: torch.Tensor
     present: torch.Tensor
 
-    def __init__(self, num_classes: int, momentum: float = 0.0, feature_dim: Optional[int] = None):
+    def __init__(self, num_classes: int, momentum: float = 0.0, feature_dim: Optional[int] = None,
+                 memory: Optional[bool] = None):
         super().__init__()
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
         self.num_classes = num_classes
         self.momentum = momentum
+        self.memory = momentum > 0 if memory is None else memory
         self.register_buffer("prototypes", torch.zeros(num_classes, feature_dim or 0))
         self.register_buffer("present", torch.zeros(num_classes, dtype=torch.bool))
 
@@ -148,7 +154,7 @@ class PrototypeBank(nn.Module):
             )
         prototypes = prototypes.detach().float()
         present = present.bool()
-        if self.prototypes.numel() == 0 or self.momentum == 0.0:
+        if self.prototypes.numel() == 0 or not self.memory:
             stored_prototypes = torch.zeros_like(prototypes)
             stored_present = torch.zeros_like(present)
         else:
@@ -175,7 +181,8 @@ class PrototypeBank(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return f"num_classes={self.num_classes}, momentum={self.momentum}, feature_dim={self.prototypes.shape[1]}"
+        return (f"num_classes={self.num_classes}, momentum={self.momentum}, memory={self.memory}, "
+                f"feature_dim={self.prototypes.shape[1]}")
 
 
 def sample_uncertain_voxels(

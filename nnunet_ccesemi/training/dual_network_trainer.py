@@ -48,6 +48,7 @@ from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, con
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
                                                 check_peer_network_matches)
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
+from nnunet_ccesemi.training.diagnostics import dead_term_warnings
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
 
 SEED_VARIABLE = "nnUNet_ccesemi_seed"
@@ -55,6 +56,7 @@ GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to eac
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
 FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
+PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c")
 
 
 def seed_from_environment() -> int:
@@ -355,8 +357,18 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             value = self._mean_over_ranks(outputs[key])
             self._ensure_logger_key(key)
             self.logger.log(key, value, self.current_epoch)
-            summary.append(f"{key[len(STAT_PREFIX):]} {value:.4f}")
+            summary.append(f"{key[len(STAT_PREFIX):]} {value:.4g}")
         self.print_to_log_file("semi-supervised: " + ", ".join(summary))
+        if self._ramp_up_finished_before_epoch():
+            epoch_stats = {k[len(STAT_PREFIX):]: v for k, v in outputs.items() if k.startswith(STAT_PREFIX)}
+            for warning in dead_term_warnings(epoch_stats):
+                self.print_to_log_file(warning)
+
+    def _ramp_up_finished_before_epoch(self) -> bool:
+        """Whether the unlabelled terms were at full weight for the whole of the current epoch."""
+        ramp_iterations = (self.method_config.unsupervised_rampup_fraction * self.num_epochs
+                           * self.num_iterations_per_epoch)
+        return self.current_epoch * self.num_iterations_per_epoch >= ramp_iterations
 
     def _mean_over_ranks(self, values) -> float:
         if self.is_ddp:
@@ -391,16 +403,21 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if not names:
             return
         panels = (
-            ("supervised Dice+CE", [n for n in names if n.startswith("supervised")]),
-            ("unsupervised terms", [n for n in names if n.startswith(UNSUPERVISED_TERMS)]),
-            ("fractions and weights", [n for n in names if n in FRACTION_STATS or n.startswith("entropy_threshold")]),
-            ("counts and seconds", [n for n in names if n in ("num_prototypes", "unlabeled_wait_s")]),
+            ("supervised Dice+CE", [n for n in names if n.startswith("supervised")], "linear"),
+            ("unsupervised terms", [n for n in names if n.startswith(UNSUPERVISED_TERMS)], "linear"),
+            ("fractions and weights (reliable fraction per pseudo-class, share of iterations with a prototype)",
+             [n for n in names if n in FRACTION_STATS or n.startswith(PER_CLASS_FRACTIONS)], "linear"),
+            ("entropy thresholds (per network and class)", [n for n in names if n.startswith("entropy_threshold")],
+             "log"),
+            ("counts and seconds", [n for n in names if n in ("num_prototypes", "unlabeled_wait_s")], "linear"),
         )
         with plt.rc_context({"font.size": 11}):
             fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.2 * len(panels)), sharex=True)
-            for ax, (title, group) in zip(axes, panels):
+            for ax, (title, group, scale) in zip(axes, panels):
+                if scale == "log" and any(np.nanmax(logging[STAT_PREFIX + n] + [0.0]) > 0 for n in group):
+                    ax.set_yscale("log")  # thresholds of saturated voxels span many decades
                 for name in group:
-                    style = "--" if name.endswith("_b") else "-"
+                    style = "--" if name.endswith("_b") or "_b_c" in name else "-"
                     ax.plot(range(len(logging[STAT_PREFIX + name])), logging[STAT_PREFIX + name], style,
                             label=name, linewidth=1.8)
                 ax.set_title(title, loc="left")
