@@ -89,6 +89,7 @@ setup(
             "nnUNetv2_ccesemi_evaluate = nnunet_ccesemi.cli.evaluate:main",
             "nnUNetv2_ccesemi_predict = nnunet_ccesemi.cli.predict:main",
             "nnUNetv2_ccesemi_estimate_memory = nnunet_ccesemi.cli.estimate_memory:main",
+            "nnUNetv2_ccesemi_check_dataset = nnunet_ccesemi.cli.check_dataset:main",
         ]
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},

@@ -31,6 +31,8 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_ccesemi import image_files
+
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 """The split lists shipped with the package (package data ``splits/*.list``)."""
 
@@ -331,20 +333,15 @@ def run_cases(worker: Callable[[JobT], ResultT], jobs: Sequence[JobT], num_proce
 # --------------------------------------------------------------------------------------------
 # Images: reading, checking, writing
 # --------------------------------------------------------------------------------------------
-def _short_itk_message(error: Exception) -> str:
-    """ITK errors are many lines long; the last non-empty one says what went wrong."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
-
-
 def read_image(path: Path, what: str) -> sitk.Image:
-    """Read any file SimpleITK reads; ``what`` names it in errors ("LGE-MRI image")."""
+    """Read any file SimpleITK reads, refusing truncated files (:mod:`nnunet_ccesemi.image_files`);
+    ``what`` names it in errors ("LGE-MRI image")."""
     if not path.is_file():
         raise ConversionError(f"missing {what}: expected the file {path}")
     try:
-        return sitk.ReadImage(str(path))
-    except RuntimeError as e:
-        raise ConversionError(f"cannot read the {what} {path}: {_short_itk_message(e)}") from e
+        return image_files.read_image(path, what)
+    except image_files.ImageFileError as e:
+        raise ConversionError(str(e)) from e
 
 
 def check_scalar_volume(image: sitk.Image, path: Path) -> None:

@@ -404,6 +404,33 @@ def test_nrrd_errors_name_the_file(nrrd_root, lists, tmp_path, capsys, break_inp
     assert str(path) in err and message in err
 
 
+def cut_short(path: Path, keep: float = 0.5) -> Path:
+    """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("case_id, name, compress, keep, message", [
+    (TRAIN_IDS[3], "lgemri.nrrd", False, 0.5,
+     "the LGE-MRI image {} is damaged: the header promises 8x6x4 voxels of short"),
+    (TRAIN_IDS[3], "lgemri.nrrd", True, 0.75,
+     "the LGE-MRI image {} is damaged: the gzip stream ends early"),
+    (TEST_IDS[0], "laendo.nrrd", False, 0.75,
+     "the left-atrium label {} is damaged: the header promises 8x6x4 voxels of unsigned char"),
+], ids=["image-raw", "image-gzip", "label-raw"])
+def test_truncated_nrrd_is_refused(nrrd_root, lists, tmp_path, capsys, case_id, name, compress,
+                                   keep, message):
+    path = _nrrd_path(nrrd_root, case_id, name)
+    if compress:  # NRRD encoding gzip
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path), True)
+    cut_short(path, keep)  # past the text header of these tiny files
+    out = tmp_path / "raw"
+    assert convert(nrrd_root, out, lists) == 1
+    assert message.format(path) in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_unlabelled_nrrd_case_needs_no_label(nrrd_root, lists, tmp_path):
     _nrrd_path(nrrd_root, TRAIN_IDS[-1], "laendo.nrrd").unlink()
     assert convert(nrrd_root, tmp_path / "raw", lists) == 0

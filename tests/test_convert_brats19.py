@@ -325,6 +325,27 @@ def test_errors_name_the_file(copy, lists, tmp_path, capsys, break_input):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def cut_short(path: Path, keep: float = 0.5) -> Path:
+    """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("case_id, what, keep, message", [
+    (TRAIN[0], "flair", 0.5, "the Flair image {} is damaged: the gzip stream ends early"),
+    (UNCOMPRESSED, "flair", 0.5, "the Flair image {} is damaged: the header promises 10x8x6"),
+    (VAL[0], "seg", 0.8, "the segmentation {} is damaged: the gzip stream ends early"),
+], ids=["flair-nii.gz", "flair-nii", "seg-nii.gz"])
+def test_truncated_file_is_refused(copy, lists, tmp_path, capsys, case_id, what, keep, message):
+    # keep 0.8 of a segmentation: its first half is mostly the compressed header
+    path = cut_short(case_file(copy, case_id, what), keep)
+    out = tmp_path / "raw"
+    assert convert(copy, out, lists) == 1
+    assert message.format(path) in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_channel_grid_mismatch_with_all_channels(copy, lists, tmp_path, capsys):
     path = case_file(copy, TRAIN[0], "t2")
     image = to_image(modality_array(0, "t2"))

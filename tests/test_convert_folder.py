@@ -298,6 +298,46 @@ def test_errors_name_the_file(single, tmp_path, capsys, break_input):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def cut_short(path: Path, keep: float = 0.5) -> Path:
+    """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("folder, name, compress, what, reason", [
+    ("images", "liver_03.nii.gz", False, "image", "the gzip stream ends early"),
+    ("images", "liver_01.nrrd", False, "image", "the header promises 10x8x6 voxels of short"),
+    ("images", "liver_01.nrrd", True, "image", "the gzip stream ends early"),
+    ("images", "liver_02.mha", False, "image", "the header promises 10x8x6 voxels of MET_SHORT"),
+    ("images", "liver_02.mha", True, "image", "the zlib stream ends early"),
+    ("unlabeled", "liver_05.nii", False, "image", "the header promises 10x8x6 voxels of NIfTI"),
+    ("test_labels", "liver_06.nii.gz", False, "label", "the gzip stream ends early"),
+], ids=["nii.gz", "nrrd", "nrrd-gzip", "mha", "mha-zlib", "nii", "label-nii.gz"])
+def test_truncated_file_is_refused(single, tmp_path, capsys, folder, name, compress, what,
+                                   reason):
+    path = single[folder] / name
+    if compress:  # NRRD encoding gzip, MetaImage CompressedData = True
+        sitk.WriteImage(sitk.ReadImage(str(path)), str(path), True)
+    cut_short(path, keep=0.8 if what == "label" else 0.5)  # half a label is mostly its header
+    out = tmp_path / "raw"
+    assert convert(single, out) == 1
+    err = capsys.readouterr().err
+    assert f"the {what} {path} is damaged: {reason}" in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_truncated_mhd_data_file_is_refused(single, tmp_path, capsys):
+    header = single["unlabeled"] / "liver_04.mhd"
+    cut_short(single["unlabeled"] / "liver_04.raw")
+    out = tmp_path / "raw"
+    assert convert(single, out) == 1
+    err = capsys.readouterr().err
+    assert (f"the image {header} is damaged: its data file {single['unlabeled'] / 'liver_04.raw'} is cut short: "
+            f"the header promises 10x8x6 voxels of MET_SHORT") in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def _missing_channel(paths):
     path = paths["images"] / "c2_0001.nii.gz"
     path.unlink()

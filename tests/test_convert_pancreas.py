@@ -418,6 +418,23 @@ def test_errors_name_the_file(copy, lists, tmp_path, capsys, break_input):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def cut_short(path: Path, keep: float = 0.5) -> Path:
+    """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("number", ["0002", "0006"], ids=["train-label", "test-label"])
+def test_truncated_label_is_refused(copy, lists, tmp_path, capsys, number):
+    path = cut_short(label_path_of(copy, number), keep=0.9)  # the mask compresses to its header
+    out = tmp_path / "raw"
+    assert convert(copy, out, lists, "--labeled", "2") == 1
+    assert f"the pancreas label {path} is damaged: the gzip stream ends early" \
+        in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
 def test_grid_mismatch_names_both_files_and_values(copy, lists, tmp_path, capsys):
     label_path, _ = _label_spacing(copy)
     assert convert(copy, tmp_path / "raw", lists, "--labeled", "2") == 1

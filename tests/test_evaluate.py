@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from nnunet_ccesemi.cli.evaluate import evaluate_folders, main, to_json
+from nnunet_ccesemi.cli.evaluate import EvaluationError, evaluate_folders, main, to_json
 from nnunet_ccesemi.evaluation import (
     asd,
     assd,
@@ -335,6 +336,36 @@ def test_cli_errors_name_the_files(folders, tmp_path, capsys):
     with pytest.raises(SystemExit, match=r"spacing mismatch: reference .*labels/case_1\.nii\.gz .* "
                                          r"prediction .*pred/case_1\.nii\.gz"):
         main(["-ref", str(reference_folder), "-pred", str(prediction_folder)])
+
+
+def cut_short(path, keep=0.5):
+    """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * keep)])
+    return path
+
+
+@pytest.mark.parametrize("side", ["reference", "prediction"])
+def test_truncated_segmentation_is_refused(folders, side):
+    reference_folder, prediction_folder, _ = folders
+    path = cut_short((reference_folder if side == "reference" else prediction_folder) / "case_1.nii.gz")
+    with pytest.raises(EvaluationError, match=rf"the segmentation {re.escape(str(path))} is damaged: "
+                                              r"the gzip stream ends early"):
+        evaluate_folders(str(reference_folder), str(prediction_folder))
+
+
+@pytest.mark.parametrize("side", ["reference", "prediction"])
+def test_cli_refuses_truncated_segmentation_and_writes_no_summary(folders, tmp_path, side):
+    reference_folder, prediction_folder, _ = folders
+    path = cut_short((reference_folder if side == "reference" else prediction_folder) / "case_2.nii.gz")
+    output = tmp_path / "summary.json"
+    message = rf"^ERROR: the segmentation {re.escape(str(path))} is damaged: the gzip stream ends early"
+    with pytest.raises(SystemExit, match=message):
+        main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "-o", str(output)])
+    assert not output.exists()
+    with pytest.raises(SystemExit, match=message):  # the default output, PRED/summary_ccesemi.json
+        main(["-ref", str(reference_folder), "-pred", str(prediction_folder)])
+    assert sorted(p.name for p in prediction_folder.iterdir()) == [f"case_{i}.nii.gz" for i in range(3)]
 
 
 def test_la_eval_wrapper_keeps_its_line(folders, capsys):

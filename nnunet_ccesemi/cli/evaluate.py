@@ -24,6 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from nnunet_ccesemi import image_files
 from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.evaluation.metrics import (
     DISTANCE_METRICS,
@@ -66,10 +67,17 @@ class EvaluationError(Exception):
 
 
 def read_segmentation(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The label array of an image file and its spacing, both in array axis order (z, y, x for 3D)."""
+    """The label array of an image file and its spacing, both in array axis order (z, y, x for 3D).
+
+    Raises:
+        EvaluationError: the file is truncated or unreadable.
+    """
     import SimpleITK as sitk
 
-    image = sitk.ReadImage(path)
+    try:
+        image = image_files.read_image(path, "segmentation")
+    except image_files.ImageFileError as e:
+        raise EvaluationError(str(e)) from e
     return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
 
 

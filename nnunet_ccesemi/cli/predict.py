@@ -5,12 +5,14 @@ The flags are nnUNetv2_predict's (same defaults), plus ``--networks`` and ``--un
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import os
 import sys
 
 import torch
 
+from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 from nnunet_ccesemi.inference.predictor import NETWORK_CHOICES
 
 
@@ -47,6 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_input_files(input_folder: str, model_folder: str) -> None:
+    """Refuse a truncated input image before any prediction is written (ITK would read it as zeros)."""
+    with open(os.path.join(model_folder, "dataset.json")) as f:
+        file_ending = json.load(f)["file_ending"]
+    if not os.path.isdir(input_folder):
+        raise ImageFileError(f"the input folder {input_folder} does not exist")
+    for name in sorted(os.listdir(input_folder)):
+        if name.endswith(file_ending):
+            check_image_file(os.path.join(input_folder, name), "input image")
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     from nnunetv2.utilities.file_path_utilities import get_output_folder
@@ -57,6 +70,10 @@ def main(argv=None) -> None:
     model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
     if not os.path.isdir(model_folder):
         sys.exit(f"ERROR: no trained model at {model_folder} (check -d, -tr, -p and -c, and nnUNet_results)")
+    try:
+        check_input_files(args.i, model_folder)
+    except ImageFileError as e:
+        sys.exit(f"ERROR: {e}. Nothing was predicted.")
     folds = [f if f == "all" else int(f) for f in args.f]
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())

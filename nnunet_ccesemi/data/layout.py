@@ -4,8 +4,15 @@ Raw: ``nnUNet_raw/DatasetXXX_Name/imagesUnlabeled/<case>_<XXXX><file_ending>``, 
 naming and file ending of ``imagesTr``. Preprocessed: ``nnUNet_preprocessed/DatasetXXX_Name/
 <data_identifier>_unlabeled/`` beside nnU-Net's own ``<data_identifier>/`` (which
 ``nnUNetv2_preprocess`` deletes and rebuilds, and whose every case counts as labelled), plus a
-manifest ``<data_identifier>_unlabeled.json`` recording the plans the cases were made with (a json
-file inside the folder would break nnU-Net's dataset-class inference).
+manifest ``<data_identifier>_unlabeled.json`` recording the plans the cases were made with and, per
+case, the raw files it was made from (a json file inside the folder would break nnU-Net's dataset-class
+inference).
+
+The preprocessed folder mirrors ``imagesUnlabeled``: a case is in step when its raw files have the
+recorded names and contents. Contents are compared by SHA-256 each time, not by modification time:
+a copy that keeps times (``cp -p``, ``rsync -a``, unpacking an archive) can replace a file without
+changing its time or size, and hashing costs about 1 s per GB of raw files here (1.2 GB/s), little
+next to starting a training.
 """
 from __future__ import annotations
 
@@ -13,7 +20,8 @@ import hashlib
 import json
 import os
 import re
-from os.path import isdir, isfile, join
+from dataclasses import dataclass, field
+from os.path import basename, isdir, isfile, join
 
 UNLABELED_RAW_FOLDER = "imagesUnlabeled"
 UNLABELED_SUFFIX = "_unlabeled"
@@ -105,6 +113,19 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
     return {case: [channels[c] for c in expected_channels] for case, channels in channels_by_case.items()}
 
 
+def case_stems(unlabeled_folder: str) -> set[str]:
+    """Every case with at least one file in the folder, complete or not."""
+    if not isdir(unlabeled_folder):
+        return set()
+    stems = set()
+    for name in os.listdir(unlabeled_folder):
+        for suffix in ("_seg.b2nd", ".b2nd", ".pkl"):
+            if name.endswith(suffix):
+                stems.add(name[:-len(suffix)])
+                break
+    return stems
+
+
 def completed_cases(unlabeled_folder: str) -> set[str]:
     """Cases whose three files are all in place (the ``.pkl`` is moved in last)."""
     if not isdir(unlabeled_folder):
@@ -114,25 +135,107 @@ def completed_cases(unlabeled_folder: str) -> set[str]:
             and name[:-4] + ".b2nd" in names and name[:-4] + "_seg.b2nd" in names}
 
 
+def read_manifest(unlabeled_folder: str) -> dict | None:
+    """The manifest of a preprocessed unlabelled folder, or None when there is none."""
+    path = manifest_path(unlabeled_folder)
+    if not isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def source_record(image_files: list[str]) -> list[dict]:
+    """What a preprocessed case was made from: per raw file its name, size and SHA-256."""
+    return [{"file": basename(path), "size": os.path.getsize(path), "sha256": file_sha256(path)}
+            for path in image_files]
+
+
+def source_changed(record: list[dict] | None, image_files: list[str]) -> str | None:
+    """Why the raw files no longer match ``record`` (a sentence), or None when they do."""
+    if not record:
+        return "no record of its raw files (made by an older version of the plugin)"
+    names = [basename(path) for path in image_files]
+    if [entry["file"] for entry in record] != names:
+        return f"its raw files are now {names}, it was made from {[entry['file'] for entry in record]}"
+    for path, entry in zip(image_files, record):
+        if os.path.getsize(path) != entry["size"] or file_sha256(path) != entry["sha256"]:
+            return f"{path} changed since it was preprocessed"
+    return None
+
+
+@dataclass
+class MirrorPlan:
+    """How a preprocessed unlabelled folder differs from ``imagesUnlabeled``; each dict maps case -> reason."""
+    remove: dict[str, str] = field(default_factory=dict)
+    redo: dict[str, str] = field(default_factory=dict)
+    new: list[str] = field(default_factory=list)
+
+    @property
+    def in_step(self) -> bool:
+        return not (self.remove or self.redo or self.new)
+
+    def describe(self, limit: int = 5) -> list[str]:
+        """One line per kind of difference, naming up to ``limit`` cases with their reasons."""
+        def listed(items: dict[str, str]) -> str:
+            shown = "; ".join(f"{case} ({reason})" for case, reason in list(items.items())[:limit])
+            return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+        lines = []
+        if self.remove:
+            lines.append(f"{len(self.remove)} preprocessed case(s) no longer in imagesUnlabeled: {listed(self.remove)}")
+        if self.redo:
+            lines.append(f"{len(self.redo)} case(s) whose raw files changed: {listed(self.redo)}")
+        if self.new:
+            shown = ", ".join(self.new[:limit]) + (" ..." if len(self.new) > limit else "")
+            lines.append(f"{len(self.new)} case(s) in imagesUnlabeled not preprocessed yet: {shown}")
+        return lines
+
+
+def plan_mirror(raw_cases: dict[str, list[str]], preprocessed: set[str], records: dict[str, list[dict]],
+                labeled_identifiers: list[str] = ()) -> MirrorPlan:
+    """Compare the preprocessed cases (and their source records) with the raw unlabelled cases."""
+    plan = MirrorPlan()
+    labeled = set(labeled_identifiers)
+    for case in sorted(preprocessed - set(raw_cases)):
+        plan.remove[case] = ("now a labelled case in imagesTr" if case in labeled
+                             else "its raw files are gone from imagesUnlabeled")
+    for case in sorted(preprocessed & set(raw_cases)):
+        reason = source_changed(records.get(case), raw_cases[case])
+        if reason:
+            plan.redo[case] = reason
+    plan.new = sorted(set(raw_cases) - preprocessed)
+    return plan
+
+
 def check_preprocessed_unlabeled(unlabeled_folder: str, fingerprint: str, dataset_id_hint: str,
-                                 configuration: str, plans_identifier: str) -> list[str]:
-    """The preprocessed unlabelled case IDs, after checking they exist and match the training plans.
+                                 configuration: str, plans_identifier: str,
+                                 raw_cases: dict[str, list[str]] | None = None,
+                                 labeled_identifiers: list[str] = ()) -> list[str]:
+    """The preprocessed unlabelled case IDs, after checking they exist, match the training plans and,
+    when ``raw_cases`` (from :func:`find_unlabeled_cases`) is given, mirror the raw folder.
 
     Raises:
         UnlabeledDataError: naming the command to run when the folder is missing, empty,
-            incomplete or made with other plans.
+            incomplete, made with other plans, or out of step with ``imagesUnlabeled``.
     """
     command = f"{PREPROCESS_COMMAND} -d {dataset_id_hint} -c {configuration} -p {plans_identifier}"
     if not isdir(unlabeled_folder) or not completed_cases(unlabeled_folder):
         raise UnlabeledDataError(
             f"No preprocessed unlabelled cases in {unlabeled_folder}. Run `{command}` first (it reads "
             f"imagesUnlabeled/ of the raw dataset).")
-    manifest = manifest_path(unlabeled_folder)
-    if not isfile(manifest):
-        raise UnlabeledDataError(f"{manifest} is missing, so the plans of {unlabeled_folder} are unknown. "
-                                 f"Run `{command}` again.")
-    with open(manifest) as f:
-        recorded = json.load(f).get("fingerprint")
+    manifest = read_manifest(unlabeled_folder)
+    if manifest is None:
+        raise UnlabeledDataError(f"{manifest_path(unlabeled_folder)} is missing, so the plans of {unlabeled_folder} "
+                                 f"are unknown. Run `{command}` again.")
+    recorded = manifest.get("fingerprint")
     if recorded != fingerprint:
         raise UnlabeledDataError(
             f"The unlabelled cases in {unlabeled_folder} were preprocessed with other plans than this training "
@@ -144,4 +247,11 @@ def check_preprocessed_unlabeled(unlabeled_folder: str, fingerprint: str, datase
         raise UnlabeledDataError(
             f"Unlabelled case(s) {incomplete[:5]} in {unlabeled_folder} are incomplete (interrupted "
             f"preprocessing?). Run `{command}` again: it finishes them.")
-    return sorted(completed_cases(unlabeled_folder))
+    done = completed_cases(unlabeled_folder)
+    if raw_cases is not None:
+        plan = plan_mirror(raw_cases, done, manifest.get("sources", {}), labeled_identifiers)
+        if not plan.in_step:
+            raise UnlabeledDataError(
+                f"The preprocessed unlabelled cases in {unlabeled_folder} are out of step with imagesUnlabeled:\n  "
+                + "\n  ".join(plan.describe()) + f"\nRun `{command}` to bring them in step.")
+    return sorted(done)

@@ -18,9 +18,14 @@ from time import sleep
 import numpy as np
 from tqdm import tqdm
 
+from nnunet_ccesemi import image_files
 from nnunet_ccesemi.atomic import atomic_path
-from nnunet_ccesemi.data.layout import (UnlabeledDataError, completed_cases, find_unlabeled_cases, manifest_path,
-                                        preprocessed_unlabeled_folder, preprocessing_fingerprint)
+from nnunet_ccesemi.data.layout import (UnlabeledDataError, case_stems, completed_cases, find_unlabeled_cases,
+                                        manifest_path,
+                                        plan_mirror, preprocessed_unlabeled_folder, preprocessing_fingerprint,
+                                        read_manifest, source_record)
+
+CASE_FILE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
 
 def _spatial_dimension(image_file: str) -> int | None:
@@ -52,6 +57,16 @@ def check_dimensionality(unlabeled_cases: dict[str, list[str]], reference_image:
                     f"Unlabelled images must have the dimensionality of imagesTr.")
 
 
+def check_image_files(cases: dict[str, list[str]]) -> None:
+    """Refuse truncated or unreadable raw files before anything is written."""
+    for case, files in cases.items():
+        for image_file in files:
+            try:
+                image_files.check_image_file(image_file, f"unlabelled image of case {case!r}")
+            except image_files.ImageFileError as e:
+                raise UnlabeledDataError(f"{e}. Nothing was preprocessed.") from e
+
+
 def preprocess_case(output_folder: str, case: str, image_files: list[str], plans_manager, configuration_manager,
                     dataset_json: dict) -> None:
     """Preprocess one case into a staging folder, then move its files in (``.pkl`` last = complete)."""
@@ -72,20 +87,22 @@ def preprocess_case(output_folder: str, case: str, image_files: list[str], plans
     os.makedirs(staging)
     nnUNetDatasetBlosc2.save_case(data, seg, properties, join(staging, case), chunks=chunks_data,
                                   blocks=blocks_data, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
-    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+    for suffix in CASE_FILE_SUFFIXES:
         os.replace(join(staging, case + suffix), join(output_folder, case + suffix))
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run_in_pool(jobs: list[tuple], num_processes: int, description: str) -> None:
+def _run_in_pool(jobs: list[tuple], num_processes: int, description: str, on_done) -> None:
+    """Run :func:`preprocess_case` on each job; ``on_done(job)`` runs in this process as each one finishes."""
     if num_processes <= 1:
         for job in tqdm(jobs, desc=description):
             preprocess_case(*job)
+            on_done(job)
         return
     # spawn, as nnU-Net does: forked workers inherit torch/blosc2 thread pools badly
     with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
         workers = list(pool._pool)
-        pending = [pool.apply_async(preprocess_case, job) for job in jobs]
+        pending = {pool.apply_async(preprocess_case, job): job for job in jobs}
         with tqdm(total=len(jobs), desc=description) as progress:
             while pending:
                 if not all(w.is_alive() for w in workers):
@@ -94,8 +111,8 @@ def _run_in_pool(jobs: list[tuple], num_processes: int, description: str) -> Non
                 done = [r for r in pending if r.ready()]
                 for result in done:
                     result.get()  # re-raises a worker's error here
+                    on_done(pending.pop(result))
                     progress.update()
-                pending = [r for r in pending if r not in done]
                 sleep(0.05)
 
 
@@ -104,8 +121,11 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     """Preprocess ``imagesUnlabeled`` for each configuration; returns cases newly written per configuration.
 
     Configurations that share a ``data_identifier`` (e.g. ``3d_cpu`` inheriting from ``3d_fullres``)
-    share one output folder. Cases already done with the same plans are skipped; cases made with other
-    plans are redone.
+    share one output folder, which ends up mirroring ``imagesUnlabeled``: cases already done with the
+    same plans from the same raw files are skipped; cases made with other plans or from raw files that
+    changed since are redone; cases whose raw files are gone (or moved to ``imagesTr``) are removed.
+    Every file to preprocess is checked for truncation first, so a damaged file stops the run before
+    anything is written or removed.
     """
     from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
@@ -128,6 +148,7 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     labeled = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
     cases = find_unlabeled_cases(raw_folder, dataset_json, labeled_identifiers=list(labeled))
     check_dimensionality(cases, next(iter(labeled.values()))["images"][0])
+    checked: set[str] = set()
 
     plans_manager = PlansManager(plans_file)
     written = {}
@@ -139,30 +160,65 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
         configuration_manager = plans_manager.get_configuration(configuration)
         output_folder = preprocessed_unlabeled_folder(preprocessed_folder, configuration_manager.data_identifier)
         fingerprint = preprocessing_fingerprint(plans_manager.plans, configuration_manager.configuration)
-        _start_or_reset(output_folder, fingerprint, plans_manager.plans_name, configuration)
+        recorded = read_manifest(output_folder)
+        if recorded is not None and recorded.get("fingerprint") == fingerprint:
+            sources = recorded.get("sources", {})
+            plan = plan_mirror(cases, completed_cases(output_folder), sources, list(labeled))
+        else:  # made with other plans, or unknown plans: everything is redone
+            sources = {}
+            plan = plan_mirror(cases, set(), sources)
+        todo = plan.new + list(plan.redo)
+        check_image_files({case: cases[case] for case in todo if case not in checked})
+        checked.update(todo)
 
-        todo = sorted(set(cases) - completed_cases(output_folder))
-        print(f"{configuration}: {len(cases)} unlabelled cases, {len(cases) - len(todo)} already preprocessed, "
+        _start_or_reset(output_folder, recorded, fingerprint)
+        for line in plan.describe():
+            print(f"{configuration}: {line}")
+        for case, reason in plan.remove.items():
+            _remove_case(output_folder, case)
+            print(f"  removed {case}: {reason}")
+        for case in sorted(case_stems(output_folder) - set(cases)):
+            _remove_case(output_folder, case)
+            print(f"  removed the unfinished files of {case}: its raw files are gone from imagesUnlabeled")
+        manifest = {"fingerprint": fingerprint, "plans_name": plans_manager.plans_name,
+                    "configuration": configuration,
+                    "sources": {case: record for case, record in sources.items()
+                                if case in cases and case not in plan.redo}}
+        _write_manifest(output_folder, manifest)
+        print(f"{configuration}: {len(cases)} unlabelled cases, {len(cases) - len(todo)} in step, "
               f"{len(todo)} to do -> {output_folder}")
+
+        def record_source(job: tuple) -> None:
+            case = job[1]
+            manifest["sources"][case] = source_record(cases[case])
+            _write_manifest(output_folder, manifest)
+
         jobs = [(output_folder, case, cases[case], plans_manager, configuration_manager, dataset_json)
                 for case in todo]
-        _run_in_pool(jobs, num_processes, f"Preprocessing unlabelled cases ({configuration})")
+        _run_in_pool(jobs, num_processes, f"Preprocessing unlabelled cases ({configuration})", record_source)
         shutil.rmtree(output_folder + ".staging", ignore_errors=True)
         written[configuration] = len(todo)
     return written
 
 
-def _start_or_reset(output_folder: str, fingerprint: str, plans_name: str, configuration: str) -> None:
-    """Create the output folder and its manifest; drop cases made with other plans (derived data)."""
-    manifest = manifest_path(output_folder)
-    if isfile(manifest):
-        with open(manifest) as f:
-            recorded = json.load(f).get("fingerprint")
-        if recorded != fingerprint:
-            print(f"{output_folder} was made with other plans (fingerprint {recorded}); preprocessing it again.")
-            shutil.rmtree(output_folder, ignore_errors=True)
-    elif os.path.isdir(output_folder):
+def _start_or_reset(output_folder: str, recorded: dict | None, fingerprint: str) -> None:
+    """Create the output folder; empty it when it was made with other or unknown plans (derived data)."""
+    if recorded is not None and recorded.get("fingerprint") != fingerprint:
+        print(f"{output_folder} was made with other plans (fingerprint {recorded.get('fingerprint')}); "
+              f"preprocessing it again.")
+        shutil.rmtree(output_folder, ignore_errors=True)
+    elif recorded is None and os.path.isdir(output_folder):
         shutil.rmtree(output_folder)  # no manifest: plans unknown, cannot be trusted
     os.makedirs(output_folder, exist_ok=True)
-    with atomic_path(manifest) as tmp, open(tmp, "w") as f:
-        json.dump({"fingerprint": fingerprint, "plans_name": plans_name, "configuration": configuration}, f, indent=2)
+
+
+def _remove_case(output_folder: str, case: str) -> None:
+    for suffix in CASE_FILE_SUFFIXES:
+        path = join(output_folder, case + suffix)
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _write_manifest(output_folder: str, manifest: dict) -> None:
+    with atomic_path(manifest_path(output_folder)) as tmp, open(tmp, "w") as f:
+        json.dump(manifest, f, indent=2)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import random
-from os.path import join
+from os.path import isdir, join
 from time import perf_counter
 from typing import List
 
@@ -40,8 +40,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_ccesemi import __version__
 from nnunet_ccesemi.atomic import atomic_path, remove_stale_temporaries
 from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
-from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, preprocessed_unlabeled_folder,
-                                        preprocessing_fingerprint)
+from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlabeled_cases,
+                                        preprocessed_unlabeled_folder, preprocessing_fingerprint, raw_unlabeled_folder)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
 from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, contrast_rampup, merge_sequential_stats,
                                    sigmoid_rampup)
@@ -177,8 +177,25 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     def _unlabeled_identifiers(self) -> list[str]:
         fingerprint = preprocessing_fingerprint(self.plans_manager.plans, self.configuration_manager.configuration)
+        raw_cases, labeled_identifiers = self._raw_unlabeled_cases()
         return check_preprocessed_unlabeled(self.unlabeled_folder, fingerprint, self.plans_manager.dataset_name,
-                                            self.configuration_name, self.plans_manager.plans_name)
+                                            self.configuration_name, self.plans_manager.plans_name,
+                                            raw_cases, labeled_identifiers)
+
+    def _raw_unlabeled_cases(self) -> tuple[dict[str, list[str]] | None, list[str]]:
+        """The raw unlabelled cases to check the preprocessed ones against, or None (said in the log)
+        where the raw dataset is not here, as for a user who was given preprocessed data only."""
+        from nnunetv2.paths import nnUNet_raw
+        from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+        raw_folder = join(os.fspath(nnUNet_raw), self.plans_manager.dataset_name) if nnUNet_raw else None
+        if raw_folder is None or not isdir(raw_unlabeled_folder(raw_folder)):
+            where = "nnUNet_raw is not set" if raw_folder is None else f"{raw_unlabeled_folder(raw_folder)} is absent"
+            self.print_to_log_file(f"Skipped the check that the preprocessed unlabelled cases mirror imagesUnlabeled "
+                                   f"({where}); training on the cases in {self.unlabeled_folder} as they are.")
+            return None, []
+        labeled = get_filenames_of_train_images_and_targets(raw_folder, self.dataset_json)
+        return find_unlabeled_cases(raw_folder, self.dataset_json, list(labeled)), list(labeled)
 
     def get_unlabeled_dataloader(self, identifiers: list[str]):
         """nnU-Net's loader and training transforms over the unlabelled cases (no deep-supervision targets)."""

@@ -1,0 +1,186 @@
+"""Truncated image files are refused before ITK reads their missing part as zeros (nnunet_ccesemi.image_files)."""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from nnunet_ccesemi.image_files import ImageFileError, check_image_file, read_image
+
+# (file name, compressed, detached data file written by ITK or None)
+FORMATS = [
+    ("case.nii.gz", True, None),
+    ("case.nii", False, None),
+    ("case.nrrd", True, None),
+    ("case.nrrd", False, None),
+    ("case.mha", True, None),
+    ("case.mha", False, None),
+    ("case.mhd", False, "case.raw"),
+    ("case.mhd", True, "case.zraw"),
+    ("case.nhdr", False, "case.raw"),
+]
+IDS = [f"{name}{'-compressed' if compressed else ''}" for name, compressed, _ in FORMATS]
+
+
+def _volume(dtype=np.int16) -> sitk.Image:
+    array = np.random.default_rng(0).normal(0, 100, size=(12, 20, 24)).astype(dtype)
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing((0.8, 0.8, 2.5))
+    return image
+
+
+def _write(tmp_path, name: str, compressed: bool, dtype=np.int16):
+    path = tmp_path / name
+    sitk.WriteImage(_volume(dtype), str(path), compressed)
+    return path
+
+
+def _truncate(path, keep: int) -> None:
+    path.write_bytes(path.read_bytes()[:keep])
+
+
+@pytest.mark.parametrize("name, compressed, data_file", FORMATS, ids=IDS)
+def test_intact_files_pass_and_read_as_written(tmp_path, name, compressed, data_file):
+    path = _write(tmp_path, name, compressed)
+    check_image_file(path)
+    read = sitk.GetArrayFromImage(read_image(path))
+    np.testing.assert_array_equal(read, sitk.GetArrayFromImage(_volume()))
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.5, 0.97])
+@pytest.mark.parametrize("name, compressed, data_file", FORMATS, ids=IDS)
+def test_truncated_files_are_refused_with_their_name(tmp_path, name, compressed, data_file, fraction):
+    path = _write(tmp_path, name, compressed)
+    damaged = tmp_path / (data_file or name)
+    _truncate(damaged, int(damaged.stat().st_size * fraction))
+    with pytest.raises(ImageFileError, match=rf"the image {path} is damaged: .*(ends early|ends inside its "
+                                             rf"header|only \d+ bytes)") as refused:
+        check_image_file(path)
+    if data_file:  # the file to copy again is named
+        assert f"its data file {damaged} is cut short" in str(refused.value)
+
+
+def test_itk_alone_reads_a_truncated_file_as_zeros(tmp_path):
+    """Why the check exists: without it the damage goes unnoticed."""
+    path = _write(tmp_path, "case.nii.gz", True)
+    _truncate(path, path.stat().st_size // 3)
+    array = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert array.shape == (12, 20, 24) and (array == 0).mean() > 0.5
+
+
+def test_cut_at_the_very_end_of_a_gzip_stream_is_still_refused(tmp_path):
+    """All voxels may be there, but the CRC and length cannot be verified: the copy is incomplete."""
+    path = _write(tmp_path, "case.nii.gz", True)
+    _truncate(path, path.stat().st_size - 4)
+    with pytest.raises(ImageFileError, match="gzip stream ends early"):
+        check_image_file(path)
+
+
+def test_a_nifti_header_cut_short_is_refused(tmp_path):
+    path = _write(tmp_path, "case.nii", False)
+    _truncate(path, 200)
+    with pytest.raises(ImageFileError, match="ends inside its NIfTI header"):
+        check_image_file(path)
+
+
+def test_corrupt_gzip_data_is_refused(tmp_path):
+    path = _write(tmp_path, "case.nii.gz", True)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageFileError, match="gzip stream is corrupt|ends early"):
+        check_image_file(path)
+
+
+def test_concatenated_gzip_members_are_one_file(tmp_path):
+    """gzip allows several members back to back (e.g. ``cat a.gz b.gz``); all count as data."""
+    path = _write(tmp_path, "case.nii", False)
+    raw = path.read_bytes()
+    joined = tmp_path / "joined.nii.gz"
+    joined.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:]))
+    check_image_file(joined)
+    half = tmp_path / "half.nii.gz"
+    half.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:5000]))
+    with pytest.raises(ImageFileError, match="only 4648 bytes"):  # 5000 minus the 352-byte header
+        check_image_file(half)
+
+
+def test_missing_detached_data_file_is_named(tmp_path):
+    path = _write(tmp_path, "case.mhd", False)
+    os.remove(tmp_path / "case.raw")
+    with pytest.raises(ImageFileError, match=r"its data file .*case\.raw is missing"):
+        check_image_file(path)
+
+
+def test_missing_file_and_unreadable_file(tmp_path):
+    with pytest.raises(ImageFileError, match=r"the label .*nothere\.nii\.gz does not exist"):
+        check_image_file(tmp_path / "nothere.nii.gz", "label")
+    garbage = tmp_path / "garbage.png"
+    garbage.write_bytes(b"not a png")
+    check_image_file(garbage)  # formats without a check here are ITK's to judge ...
+    with pytest.raises(ImageFileError, match=r"cannot read the image .*garbage\.png"):
+        read_image(garbage)  # ... and ITK's error becomes one sentence naming the file
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.float64, np.int64])
+def test_voxel_types_are_sized_right(tmp_path, dtype):
+    for name, compressed in (("a.nrrd", False), ("a.mha", False), ("a.nii", False)):
+        path = _write(tmp_path, name, compressed, dtype)
+        check_image_file(path)
+        _truncate(path, path.stat().st_size - 1)
+        with pytest.raises(ImageFileError):
+            check_image_file(path)
+
+
+def test_vector_images_count_their_components(tmp_path):
+    vector = sitk.Compose([_volume(), _volume()])
+    for name in ("v.mha", "v.nrrd", "v.nii"):
+        path = tmp_path / name
+        sitk.WriteImage(vector, str(path), False)
+        check_image_file(path)
+        _truncate(path, path.stat().st_size - 100)
+        with pytest.raises(ImageFileError):
+            check_image_file(path)
+
+
+def test_the_prediction_cli_refuses_a_truncated_input_before_writing(tmp_path):
+    from nnunet_ccesemi.cli.predict import check_input_files
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in ("a", "b"):
+        _write(inputs, f"{case}_0000.nii.gz", True)
+    check_input_files(str(inputs), str(model))
+    _truncate(inputs / "b_0000.nii.gz", 500)
+    with pytest.raises(ImageFileError, match=r"the input image .*b_0000\.nii\.gz is damaged"):
+        check_input_files(str(inputs), str(model))
+
+
+@pytest.mark.integration
+def test_check_dataset_finds_what_nnunet_reads_silently(planned_dataset, tmp_path, monkeypatch, capsys):
+    """Troubleshooting row: a truncated labelled file passes nnU-Net's integrity check; ours names it."""
+    from nnunet_ccesemi.cli.check_dataset import main
+    from tests.conftest import copy_dataset, verify_in_process
+
+    dataset = copy_dataset(planned_dataset, tmp_path / "copy")
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, dataset["env"][variable])
+    main(["-d", "777"])
+    assert "All 16 .nii.gz files in" in capsys.readouterr().out
+
+    image, label = dataset["raw"] / "imagesTr" / "lab000_0000.nii.gz", dataset["raw"] / "labelsTr" / "lab001.nii.gz"
+    for path in (image, label):
+        _truncate(path, int(path.stat().st_size * 0.8))
+    verify_in_process(dataset["raw"], monkeypatch)  # nnU-Net's --verify_dataset_integrity: no complaint
+    with pytest.raises(SystemExit, match=r"2 of 16 files in .* are damaged"):
+        main(["-d", "777"])
+    listed = capsys.readouterr().err
+    assert f"the image {image} is damaged: the gzip stream ends early" in listed
+    assert f"the label {label} is damaged: the gzip stream ends early" in listed
