@@ -90,6 +90,7 @@ setup(
             "nnUNetv2_ccesemi_predict = nnunet_ccesemi.cli.predict:main",
             "nnUNetv2_ccesemi_estimate_memory = nnunet_ccesemi.cli.estimate_memory:main",
             "nnUNetv2_ccesemi_check_dataset = nnunet_ccesemi.cli.check_dataset:main",
+            "nnUNetv2_ccesemi_rank_unlabeled = nnunet_ccesemi.cli.rank_unlabeled:main",
         ]
     },
     cmdclass={"build_py": BuildPyWithPth, "editable_wheel": EditableWheelWithPth},

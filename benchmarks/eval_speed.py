@@ -21,7 +21,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from nnunet_ccesemi.cli.evaluate import evaluate_folders
+from nnunet_ccesemi.evaluation.folders import evaluate_folders
 from nnunet_ccesemi.evaluation.metrics import METRICS
 
 

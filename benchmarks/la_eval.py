@@ -3,15 +3,15 @@
     python benchmarks/la_eval.py LABELS_DIR PRED_DIR [--name ROW_NAME]
 
 One line for ``la_protocol.sh``'s results file; the numbers come from the plugin's evaluator
-(``nnUNetv2_ccesemi_evaluate -l 1``, :mod:`nnunet_ccesemi.cli.evaluate`), which needs no medpy. ASD is
-the directed prediction->reference distance. A case with an empty prediction scores Dice 0 and is left
+(``nnUNetv2_ccesemi_evaluate -l 1``, :mod:`nnunet_ccesemi.evaluation.folders`), which needs no medpy.
+ASD is the directed prediction->reference distance. A case with an empty prediction scores Dice 0 and is left
 out of the 95HD and ASD means (a warning on stderr says how many); ``nnUNetv2_ccesemi_evaluate`` gives
 the full per-case table and JSON.
 """
 import argparse
 import sys
 
-from nnunet_ccesemi.cli.evaluate import evaluate_folders
+from nnunet_ccesemi.evaluation.folders import evaluate_folders
 
 
 def main(argv=None):

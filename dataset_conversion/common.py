@@ -1,10 +1,10 @@
 """What the dataset converters share: split lists, the atomic output folder, checks, dataset.json.
 
 A converter reads a split (case-ID lists shipped in ``splits/`` or given by the user), checks its
-input before writing anything, converts the cases with :func:`run_cases` (progress bar, optional
-worker processes) into the temporary folder that :func:`atomic_dataset_dir` moves into place only
-when everything succeeded, and ends with :func:`write_dataset_json`, which records the split, the
-source and the command line next to nnU-Net's own keys.
+input before writing anything, converts the cases with :func:`nnunet_ccesemi.parallel.run_jobs`
+(progress bar, optional worker processes) into the temporary folder that :func:`atomic_dataset_dir`
+moves into place only when everything succeeded, and ends with :func:`write_dataset_json`, which
+records the split, the source and the command line next to nnU-Net's own keys.
 
 Every problem with the input or the output location is a :class:`ConversionError` whose message
 names the file and what was expected; ``main`` functions print it and return 1.
@@ -16,22 +16,20 @@ import contextlib
 import dataclasses
 import hashlib
 import math
-import multiprocessing
 import os
 import re
-import secrets
 import shlex
-import shutil
 import sys
 from importlib import metadata
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
-from tqdm import tqdm
 
 from nnunet_ccesemi import image_files
+from nnunet_ccesemi.atomic import atomic_folder, remove_stale_temporaries
+from nnunet_ccesemi.parallel import WorkerDiedError
 
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 """The split lists shipped with the package (package data ``splits/*.list``)."""
@@ -40,9 +38,6 @@ NIFTI_ENDING = ".nii.gz"
 
 _CASE_ID = re.compile(r"^[^\s/\\.][^\s/\\]*$")
 _DATASET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-JobT = TypeVar("JobT")
-ResultT = TypeVar("ResultT")
 
 
 class ConversionError(Exception):
@@ -258,76 +253,26 @@ def check_dataset_id_free(output_root: Path, folder_name: str) -> None:
 def atomic_dataset_dir(target_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``target_dir`` only if the block succeeds.
 
-    The temporary folder is a hidden sibling of the target (same file system, so the final move
-    is a rename; hidden, so nnU-Net's ``Dataset*`` look-ups never see it). If the block raises
-    (a bad file, Ctrl-C) the temporary folder is removed and an existing dataset stays as it
-    was. With ``overwrite`` the old dataset is renamed aside, the new one renamed in, and the old
-    one deleted; if the rename fails the old one is put back. Only a hard kill (SIGKILL, power
-    loss) can leave a ``.DatasetXXX_Name.incomplete-*`` folder behind, and never a partial
-    dataset under the real name.
+    :func:`nnunet_ccesemi.atomic.atomic_folder`: the temporary folder ``tmp<pid>_DatasetXXX_Name`` is a
+    sibling of the target (same file system, so the final move is a rename; nnU-Net's ``Dataset*``
+    look-ups never see it). If the block raises (a bad file, Ctrl-C) it is removed and an existing
+    dataset stays as it was; a hard kill (SIGKILL, power loss) can leave it behind, never a partial
+    dataset under the real name, and the next conversion to the same name removes it (or puts back
+    an old dataset the kill left set aside).
 
     Raises:
         ConversionError: the target exists and ``overwrite`` is false, or is not a folder.
     """
     target = Path(target_dir)
+    remove_stale_temporaries(target.parent, target.name)
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise ConversionError(f"{target} exists and is not a folder")
         if not overwrite:
             raise ConversionError(f"{target} already exists; pass --overwrite to replace it "
                                   f"(it was left untouched)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.parent / f".{target.name}.incomplete-{os.getpid()}-{secrets.token_hex(4)}"
-    temporary.mkdir()  # mkdir (not mkdtemp) so the final folder gets the usual permissions
-    try:
-        yield temporary
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    _move_into_place(temporary, target)
-
-
-def _move_into_place(temporary: Path, target: Path) -> None:
-    """Rename ``temporary`` to ``target``, replacing an existing ``target`` folder."""
-    aside = None
-    try:
-        if target.exists():
-            aside = target.parent / f".{target.name}.replaced-{os.getpid()}-{secrets.token_hex(4)}"
-            os.rename(target, aside)
-        os.rename(temporary, target)
-    except BaseException:
-        if aside is not None and not target.exists():
-            os.rename(aside, target)
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    if aside is not None:
-        shutil.rmtree(aside)
-
-
-# --------------------------------------------------------------------------------------------
-# Running the cases
-# --------------------------------------------------------------------------------------------
-def run_cases(worker: Callable[[JobT], ResultT], jobs: Sequence[JobT], num_processes: int,
-              desc: str) -> list[ResultT]:
-    """``[worker(job) for job in jobs]`` with a progress bar, in worker processes if asked.
-
-    ``worker`` must be a module-level function and the jobs picklable. Processes are spawned
-    (not forked) so the workers start clean. The first exception stops the run (remaining
-    workers are terminated) and is re-raised here.
-    """
-    results: list[ResultT] = []
-    with tqdm(total=len(jobs), desc=desc, unit="case", dynamic_ncols=True) as bar:
-        if num_processes <= 1 or len(jobs) <= 1:
-            for job in jobs:
-                results.append(worker(job))
-                bar.update()
-        else:
-            context = multiprocessing.get_context("spawn")
-            with context.Pool(min(num_processes, len(jobs))) as pool:
-                for result in pool.imap(worker, jobs):
-                    results.append(result)
-                    bar.update()
-    return results
+    with atomic_folder(target) as temporary:
+        yield Path(temporary)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,29 +297,38 @@ def check_scalar_volume(image: sitk.Image, path: Path) -> None:
                               f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
 
 
-def check_same_grid(image: sitk.Image, label: sitk.Image, image_path: Path, label_path: Path,
+def check_same_grid(reference: sitk.Image, other: sitk.Image, reference_path: Path, other_path: Path, *,
+                    reference_role: str = "the image", other_role: str = "the label",
                     spacing_rtol: float = 1e-4, origin_atol: float = 1e-3,
                     direction_atol: float = 1e-4) -> None:
-    """The label lies on the image's voxel grid: same size, spacing, origin and direction.
+    """``other`` lies on ``reference``'s voxel grid: same size, spacing, origin and direction.
+
+    The roles name the two files in the message: ``the label`` against ``the image`` by default,
+    ``the image`` against ``its first channel`` for a case's further channels.
 
     Raises:
-        ConversionError: naming the label file, both values and the image file.
+        ConversionError: naming ``other``'s file, both values and ``reference``'s file.
     """
     checks = (
-        ("shape (x, y, z)", image.GetSize(), label.GetSize(),
+        ("shape (x, y, z)", reference.GetSize(), other.GetSize(),
          lambda a, b: tuple(a) == tuple(b)),
-        ("spacing", image.GetSpacing(), label.GetSpacing(),
+        ("spacing", reference.GetSpacing(), other.GetSpacing(),
          lambda a, b: np.allclose(a, b, rtol=spacing_rtol, atol=0)),
-        ("origin", image.GetOrigin(), label.GetOrigin(),
+        ("origin", reference.GetOrigin(), other.GetOrigin(),
          lambda a, b: np.allclose(a, b, rtol=0, atol=origin_atol)),
-        ("direction", image.GetDirection(), label.GetDirection(),
+        ("direction", reference.GetDirection(), other.GetDirection(),
          lambda a, b: np.allclose(a, b, rtol=0, atol=direction_atol)),
     )
-    for what, image_value, label_value, agree in checks:
-        if not agree(image_value, label_value):
-            raise ConversionError(f"{what} mismatch: the label {label_path} has "
-                                  f"{_rounded(label_value)}, the image {image_path} has "
-                                  f"{_rounded(image_value)}")
+    for what, reference_value, other_value, agree in checks:
+        if not agree(reference_value, other_value):
+            raise ConversionError(f"{what} mismatch: {other_role} {other_path} has "
+                                  f"{_rounded(other_value)}, {reference_role} {reference_path} has "
+                                  f"{_rounded(reference_value)}")
+
+
+def check_channel_grid(first: sitk.Image, image: sitk.Image, first_path: Path, path: Path) -> None:
+    """:func:`check_same_grid` of a further channel of a case against its first channel."""
+    check_same_grid(first, image, first_path, path, reference_role="its first channel", other_role="the image")
 
 
 def _rounded(values: Sequence[float]) -> tuple:
@@ -469,7 +423,7 @@ def run_converter(prog: str, parser: argparse.ArgumentParser,
     start = time.perf_counter()
     try:
         counts = convert(args, command_line(argv, prog))
-    except ConversionError as e:
+    except (ConversionError, WorkerDiedError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {counts['dataset']} in {time.perf_counter() - start:.1f} s: {describe(counts)}")

@@ -45,12 +45,14 @@ import h5py
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ccesemi.parallel import run_jobs
+
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
                      check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image,
-                     resolve_num_labeled, resolve_output_root, run_cases, shipped_list,
+                     resolve_num_labeled, resolve_output_root, shipped_list,
                      write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_LA"
@@ -324,7 +326,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
         for folder in folders:
             (out_dir / folder).mkdir()
         jobs = make_jobs(split, layout, out_dir, spacing)
-        run_cases(convert_case, jobs, args.num_processes, desc=folder_name)
+        run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
         write_dataset_json(
             out_dir, channel_names=CHANNEL_NAMES, labels=LABELS, split=split,
             split_info={**split_info, "test_absent_from_input": test_absent},

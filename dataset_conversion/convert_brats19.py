@@ -50,13 +50,14 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ccesemi.parallel import run_jobs
+
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
-                     add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
+                     add_split_arguments, atomic_dataset_dir, check_channel_grid, check_dataset_id_free,
                      check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
-                     read_image, resolve_num_labeled, resolve_output_root, run_cases,
+                     read_image, resolve_num_labeled, resolve_output_root,
                      shipped_list, write_dataset_json, write_image, run_converter)
-from .convert_folder import check_channel_grid
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_brats19"
 CONVERTER_VERSION = "1.0"
@@ -326,7 +327,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
         for folder in folders:
             (out_dir / folder).mkdir()
         jobs = make_jobs(split, validation, cases, channels, args.task, out_dir)
-        run_cases(convert_case, jobs, args.num_processes, desc=folder_name)
+        run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
         write_dataset_json(
             out_dir, channel_names={str(c): CHANNEL_NAMES[m] for c, m in enumerate(channels)},
             labels=WT_LABELS if args.task == "wt" else REGION_LABELS, split=split,

@@ -46,10 +46,12 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ccesemi.parallel import run_jobs
+
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
-                     atomic_dataset_dir, check_dataset_id_free, check_label_values,
+                     atomic_dataset_dir, check_channel_grid, check_dataset_id_free, check_label_values,
                      check_same_grid, check_scalar_volume, dataset_folder_name,
-                     name_files, read_image, resolve_output_root, run_cases, write_dataset_json,
+                     name_files, read_image, resolve_output_root, write_dataset_json,
                      write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_folder"
@@ -307,18 +309,6 @@ def labels_from_values(found: dict[int, list[Path]]) -> dict[str, int]:
 # --------------------------------------------------------------------------------------------
 # One case
 # --------------------------------------------------------------------------------------------
-def check_channel_grid(reference: sitk.Image, image: sitk.Image, reference_path: Path,
-                       path: Path) -> None:
-    """``check_same_grid`` worded for a channel against the case's first channel."""
-    try:
-        check_same_grid(reference, image, reference_path, path)
-    except ConversionError as e:
-        message = str(e).replace(f"the image {reference_path}",
-                                 f"its first channel {reference_path}", 1)
-        raise ConversionError(message.replace(f"the label {path}", f"the image {path}", 1)) \
-            from None
-
-
 def read_channels(files: Sequence[Path]) -> list[sitk.Image]:
     """The channels of a case, all on the first one's grid (made exact within tolerance)."""
     images = []
@@ -436,7 +426,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
         for folder in folders:
             (out_dir / folder).mkdir()
         jobs = make_jobs(roles, out_dir, allowed)
-        results = run_cases(convert_case, jobs, args.num_processes, desc=folder_name)
+        results = run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
         found: dict[int, list[Path]] = {}
         for job, (_, values) in zip(jobs, results):
             for value in values or ():

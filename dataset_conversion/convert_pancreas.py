@@ -69,11 +69,13 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_ccesemi.parallel import run_jobs
+
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
                      check_label_values, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
-                     read_image, resolve_num_labeled, resolve_output_root, run_cases,
+                     read_image, resolve_num_labeled, resolve_output_root,
                      shipped_list, write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_pancreas"
@@ -542,7 +544,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
                 ["imagesTs", "labelsTs"] if split.test else []):
             (out_dir / folder).mkdir()
         jobs = make_jobs(split, series_dirs, labels_dir, out_dir, args.label_alignment)
-        results = run_cases(convert_case, jobs, args.num_processes, desc=folder_name)
+        results = run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
         alignment = {case_id: note for case_id, _, note in results if note is not None}
         write_dataset_json(
             out_dir, channel_names=CHANNEL_NAMES, labels=LABELS, split=split,

@@ -1,11 +1,26 @@
-"""Write-then-rename for every file the plugin writes, so that an interrupted run never leaves a
-truncated file where a complete one (or none) is expected."""
+"""Write-then-rename for every file and folder the plugin writes, so that an interrupted run never
+leaves a truncated file or a partial folder where a complete one (or none) is expected.
+
+One naming scheme serves both: what is being written is ``tmp<pid>_<name>`` beside its final path, a
+folder being replaced is set aside as ``old<pid>_<name>`` for the moment of the swap. The process id
+lets :func:`remove_stale_temporaries` tell the leftovers of a killed run from the work of a live one.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import shutil
 from typing import Iterator
+
+_TEMPORARY_NAME = re.compile(r"tmp(\d+)_(.+)")
+_SET_ASIDE_NAME = re.compile(r"old(\d+)_(.+)")
+
+
+def _sibling(path: str, prefix: str) -> str:
+    folder, name = os.path.split(path)
+    # keep the name (and its ending) last: writers like SimpleITK and matplotlib pick the format from it
+    return os.path.join(folder, f"{prefix}{os.getpid()}_{name}")
 
 
 @contextlib.contextmanager
@@ -14,9 +29,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     ``path`` when the block succeeds; on an exception the temporary file is removed and ``path`` is
     untouched."""
     path = os.fspath(path)
-    folder, name = os.path.split(path)
-    # keep the ending last: writers like SimpleITK and matplotlib pick the format from it
-    tmp = os.path.join(folder, f"tmp{os.getpid()}_{name}")
+    tmp = _sibling(path, "tmp")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -25,27 +38,86 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
-_TEMPORARY_NAME = re.compile(r"tmp(\d+)_.+")
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
+    """Yields an empty temporary folder beside ``path`` that replaces ``path`` only if the block succeeds.
+
+    The temporary folder is on the same file system, so the final move is a rename. If the block
+    raises (a bad input file, Ctrl-C) the temporary folder is removed and an existing ``path`` stays
+    as it was. An existing ``path`` is renamed aside, the new folder renamed in and the old one
+    deleted; if the second rename fails the old one is put back. A hard kill (SIGKILL, power loss)
+    can leave a temporary folder, or the old one set aside, but never a partial folder under
+    ``path``; :func:`remove_stale_temporaries` clears them up (and puts a set-aside folder back if its
+    replacement never arrived). A caller that must not replace an existing folder checks before, after
+    ``remove_stale_temporaries(parent, name)`` has put such a folder back.
+
+    Raises:
+        NotADirectoryError: ``path`` exists and is not a folder.
+    """
+    path = os.fspath(path)
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise NotADirectoryError(f"{path} exists and is not a folder")
+    tmp = _sibling(path, "tmp")
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    os.mkdir(tmp)  # mkdir (not mkdtemp) so the final folder gets the usual permissions
+    try:
+        yield tmp
+        _replace_folder(tmp, path)
+    finally:
+        if os.path.lexists(tmp):  # the block failed: its partial output goes (an error here must not hide that one)
+            with contextlib.suppress(OSError):
+                _remove(tmp)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> list[str]:
-    """Removes the temporary files :func:`atomic_path` left in ``folder`` when its process was killed.
+def _replace_folder(tmp: str, path: str) -> None:
+    aside = None
+    if os.path.lexists(path):
+        aside = _sibling(path, "old")
+        os.rename(path, aside)
+    try:
+        os.rename(tmp, path)
+    except BaseException:
+        if aside is not None and not os.path.lexists(path):
+            os.rename(aside, path)
+        raise
+    if aside is not None:
+        _remove(aside)
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[str]:
+    """Clears up what :func:`atomic_path` and :func:`atomic_folder` left in ``folder`` when their process
+    was killed; ``name`` limits it to the temporaries of that one file or folder.
 
     A kill (SIGKILL, a cluster's time limit) can land between writing ``tmp<pid>_<name>`` and moving it
-    into place; the real file is intact, the temporary is garbage. Only files of processes that no
-    longer run are removed, so a concurrent writer keeps its own. Returns the removed paths.
+    into place; the real file is intact, the temporary is garbage and is removed. A folder set aside
+    as ``old<pid>_<name>`` is removed when ``<name>`` exists (its replacement is in place) and renamed
+    back to ``<name>`` otherwise (the kill fell between the two renames). Only what processes that no
+    longer run left is touched, so a concurrent writer keeps its own. Returns the paths removed or
+    put back.
     """
-    removed = []
+    changed = []
     if not os.path.isdir(folder):
-        return removed
-    for name in os.listdir(folder):
-        match = _TEMPORARY_NAME.fullmatch(name)
-        if match and not _process_alive(int(match.group(1))):
-            path = os.path.join(folder, name)
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(path)
-                removed.append(path)
-    return removed
+        return changed
+    for entry in sorted(os.listdir(folder)):
+        temporary, set_aside = _TEMPORARY_NAME.fullmatch(entry), _SET_ASIDE_NAME.fullmatch(entry)
+        match = temporary or set_aside
+        if not match or (name is not None and match.group(2) != name) or _process_alive(int(match.group(1))):
+            continue
+        path, final = os.path.join(folder, entry), os.path.join(folder, match.group(2))
+        with contextlib.suppress(FileNotFoundError):
+            if set_aside and not os.path.lexists(final):
+                os.rename(path, final)
+            else:
+                _remove(path)
+            changed.append(path)
+    return changed
+
+
+def _remove(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
 
 
 def _process_alive(pid: int) -> bool:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 CHUNK = 1 << 20
+GZIP_MAGIC = b"\x1f\x8b"
 # what a format's check finds: nothing wrong (None), a sentence, or (detached data file, sentence)
 Problem = Optional[Union[str, tuple[Path, str]]]
 
@@ -102,7 +103,7 @@ def _inflated_size(chunks: Iterator[bytes], make_decompressor: Callable, kind: s
                 break
             # gzip allows several members back to back; other trailing bytes are ignored, as gzip does
             chunk = decompressor.unused_data
-            if chunk.startswith(b"\x1f\x8b"):
+            if chunk.startswith(GZIP_MAGIC):
                 decompressor, started = make_decompressor(), False
             else:
                 chunk = b""
@@ -149,6 +150,9 @@ def _check_nifti(path: Path) -> Problem:
     try:
         if compressed:
             with open(path, "rb") as handle:
+                if handle.read(2) != GZIP_MAGIC:
+                    return None  # not gzip at all, so not a cut copy: ITK's error says what it is
+                handle.seek(0)
                 decompressor, inflated = _gzip_or_zlib(), b""
                 for chunk in _chunks(handle):  # the header is in the first compressed bytes
                     inflated += decompressor.decompress(chunk, 540 - len(inflated))
@@ -160,6 +164,8 @@ def _check_nifti(path: Path) -> Problem:
                 header = handle.read(540)
     except zlib.error as error:
         return f"the gzip stream is corrupt ({error})"
+    if not _looks_like_nifti(header):
+        return None  # another kind of file under a NIfTI name: ITK's error says so
     if len(header) < 348:
         return f"the file ends inside its NIfTI header ({len(header)} of at least 348 bytes)"
     parsed = _parse_nifti_header(header)
@@ -179,6 +185,11 @@ def _check_nifti(path: Path) -> Problem:
     except StreamEndsEarly as error:
         return _about(data_file, path, str(error))
     return _about(data_file, path, _shortfall(available, promised, shape, f"NIfTI datatype {datatype}"))
+
+
+def _looks_like_nifti(header: bytes) -> bool:
+    """The first field of a NIfTI-1/2 header is its own size, 348 or 540, in either byte order."""
+    return len(header) >= 4 and any(struct.unpack(endian + "i", header[:4])[0] in (348, 540) for endian in "<>")
 
 
 def _parse_nifti_header(header: bytes):
@@ -256,8 +267,10 @@ def _check_nrrd(path: Path) -> Problem:
         return None
     fields = {}
     for line in lines[1:]:
-        if line.startswith("#") or ":=" in line or ": " not in line:
+        if line.startswith("#") or ":=" in line or line == "":
             continue
+        if ": " not in line:
+            return None  # not a NRRD header line: a broken header rather than a cut one, ITK's to report
         key, value = line.split(": ", 1)
         fields[key.strip().lower().replace(" ", "")] = value.strip()
     data_file_field = fields.get("datafile")

@@ -36,8 +36,9 @@ def clean_env(root: Path, **extra: str) -> dict:
 
 
 def run_cli(args: list[str], env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True,
-                            timeout=timeout)
+    # the commands write UTF-8 (tqdm's bars, names with accents) whatever this process's locale is
+    result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, encoding="utf-8",
+                            errors="replace", timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\nSTDOUT:\n{result.stdout[-4000:]}"
                              f"\nSTDERR:\n{result.stderr[-4000:]}")

@@ -32,7 +32,7 @@ def test_unlabeled_preprocessing_reuses_labelled_plans(planned_dataset):
     assert not any(name.startswith("unl") for name in labelled)
     # a second run skips everything
     out = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID)], planned_dataset["env"])
-    assert "4 already preprocessed, 0 to do" in out.stdout
+    assert "4 in step, 0 to do" in out.stdout
 
 
 def test_train_discovered_and_checkpoint_holds_both_networks(trained_cce):

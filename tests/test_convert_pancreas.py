@@ -365,7 +365,7 @@ def _missing_label(root: Path) -> tuple[Path, str]:
 def _unreadable_label(root: Path) -> tuple[Path, str]:
     path = label_path_of(root, "0002")
     path.write_bytes(b"\x1f\x8bnot gzip")
-    return path, "cannot read"
+    return path, "is damaged: the gzip stream is corrupt"
 
 
 def _absent_case(root: Path) -> tuple[Path, str]:

@@ -19,7 +19,7 @@ from hypothesis.extra import numpy as hnp
 from medpy.metric import binary as medpy_binary
 from scipy import ndimage
 
-from nnunet_ccesemi.cli.evaluate import EvaluationError, evaluate_folders, main, to_json
+from nnunet_ccesemi.cli.evaluate import main
 from nnunet_ccesemi.evaluation import (
     asd,
     assd,
@@ -30,6 +30,7 @@ from nnunet_ccesemi.evaluation import (
     largest_connected_component,
     surface_distances,
 )
+from nnunet_ccesemi.evaluation.folders import EvaluationError, evaluate_folders, to_json
 from tests.conftest import BIN, REPO_ROOT
 
 TOLERANCE = 1e-6

@@ -31,6 +31,7 @@ from nnunet_ccesemi.losses import (
     sigmoid_rampup,
     unsupervised_rampup,
 )
+from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 
 torch.set_num_threads(1)
 
@@ -716,8 +717,25 @@ def test_unsupervised_rampup():
     assert unsupervised_rampup(0, 1000, 0.0) == 1.0  # released code: constant weight
     assert unsupervised_rampup(50, 1000, 0.1) == pytest.approx(math.exp(-1.25))
     assert unsupervised_rampup(100, 1000, 0.1) == 1.0
-    with pytest.raises(ValueError):
+    assert unsupervised_rampup_length(1000, 0.1) == 100.0
+    with pytest.raises(ValueError, match="ramp length must be >= 0, got -1"):
         sigmoid_rampup(1, -1)
+    with pytest.raises(ValueError, match=r"rampup_fraction must lie in \[0, 1\], got 1.5"):
+        unsupervised_rampup_length(1000, 1.5)
+
+
+@pytest.mark.parametrize("step, total, rampup_fraction, contrast_max_weight, expected", [
+    # T = epochs x iterations per epoch (here 5 x 50): λ_u ramps over rampup_fraction * T = 25, λ_c over T
+    (0, 250, 0.1, 0.1, (math.exp(-5), 0.1 * math.exp(-5))),
+    (10, 250, 0.1, 0.1, (math.exp(-5 * 0.6 ** 2), 0.1 * math.exp(-5 * 0.96 ** 2))),
+    (25, 250, 0.1, 0.1, (1.0, 0.1 * math.exp(-5 * 0.9 ** 2))),
+    (250, 250, 0.1, 0.1, (1.0, 0.1)),
+    (10, 250, 0.1, 0.0, (math.exp(-5 * 0.6 ** 2), 0.0)),  # contrast term off (CPS)
+    (10, 250, 0.0, 0.1, (1.0, 0.1 * math.exp(-5 * 0.96 ** 2))),  # constant λ_u (the released code)
+])
+def test_ramp_weights(step, total, rampup_fraction, contrast_max_weight, expected):
+    """The function the trainer's steps take λ_u(t) and λ_c(t) from."""
+    assert ramp_weights(step, total, rampup_fraction, contrast_max_weight) == pytest.approx(expected, rel=1e-12)
 
 
 def test_prototype_l2_loss_with_a_prototype_but_no_sample_of_its_class():

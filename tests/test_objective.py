@@ -14,17 +14,15 @@ from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, CPS_CONF
 from nnunet_ccesemi.losses import (
     DecoderFeatureHook,
     DualNetworkObjective,
-    UnlabeledObjective,
     batch_quantile,
-    contrast_rampup,
     joint_pseudo_labels,
     masked_cross_entropy,
     normalized_entropy,
     reliable_mask,
     merge_sequential_stats,
-    sigmoid_rampup,
 )
 from nnunet_ccesemi.losses import objective as objective_module
+from nnunet_ccesemi.losses.ramps import ramp_weights
 
 torch.set_num_threads(1)
 
@@ -162,10 +160,6 @@ def test_students_must_name_the_networks():
     batch = make_batch(SHAPES["2d-c2"])
     with pytest.raises(ValueError, match="students must be a non-empty subset"):
         DualNetworkObjective(CCE_CONFIG, 2)(**batch, students=("c",))
-
-
-def test_unlabeled_objective_is_an_alias():
-    assert UnlabeledObjective is DualNetworkObjective
 
 
 def test_total_is_the_weighted_sum_of_the_terms():
@@ -453,9 +447,11 @@ def test_dual_network_training_converges_on_a_toy_problem():
         images = torch.cat([labelled_images, unlabelled_images[pick]])
         logits_a, logits_b = network_a(images), network_b(images)
         supervised = F.cross_entropy(logits_a[:2], labelled_targets) + F.cross_entropy(logits_b[:2], labelled_targets)
+        unsup_weight, contrast_weight = ramp_weights(step, steps, CCE_CONFIG.unsupervised_rampup_fraction,
+                                                     CCE_CONFIG.contrast_weight)  # as the trainer weighs them
         unsupervised, stats = objective(
             logits_a, logits_b, 2, labelled_targets.unsqueeze(1), hooks[0].features, hooks[1].features,
-            unsup_weight=sigmoid_rampup(step, steps * 0.1), contrast_weight=contrast_rampup(step, steps),
+            unsup_weight=unsup_weight, contrast_weight=contrast_weight,
         )
         loss = supervised + unsupervised
         optimizer.zero_grad()

@@ -1,6 +1,7 @@
 """Unit tests of the plugin's pieces that need no training: discovery, networks, layout, CPU plans."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -54,7 +55,7 @@ def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
 
 # ---------------------------------------------------------------- configuration
 def test_config_is_frozen_and_validated():
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         CCE_CONFIG.entropy_quantile = 0.5
     with pytest.raises(ValueError, match="entropy_quantile"):
         MethodConfig(entropy_quantile=0.0)
@@ -280,3 +281,43 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["checkpoint_latest.pth", "tmp_notes.txt", f"tmp{os.getpid()}_progress_ssl.png"])
     assert remove_stale_temporaries(tmp_path / "absent") == []
+
+
+def test_atomic_folder_replaces_only_on_success(tmp_path):
+    from nnunet_ccesemi.atomic import atomic_folder
+
+    target = tmp_path / "Dataset001_X"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(target) as tmp:
+            with open(os.path.join(tmp, "new.txt"), "w") as f:
+                f.write("half")
+            raise KeyboardInterrupt
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_X"]
+    assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
+    with atomic_folder(target) as tmp:
+        with open(os.path.join(tmp, "new.txt"), "w") as f:
+            f.write("new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_X"]
+    assert sorted(p.name for p in target.iterdir()) == ["new.txt"]
+    with pytest.raises(NotADirectoryError):
+        with atomic_folder(target / "new.txt"):
+            pass
+
+
+def test_stale_folders_are_removed_and_a_set_aside_one_is_put_back(tmp_path):
+    from nnunet_ccesemi.atomic import remove_stale_temporaries
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)
+    for name in (f"tmp{dead_pid}_Dataset001_A", f"old{dead_pid}_Dataset001_A",  # killed between the two renames
+                 f"old{dead_pid}_Dataset002_B", "Dataset002_B",  # killed while deleting the replaced folder
+                 f"tmp{dead_pid}_Dataset003_C", f"tmp{os.getpid()}_Dataset004_D"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "file").write_text(name)
+    assert remove_stale_temporaries(tmp_path, "Dataset002_B") == [str(tmp_path / f"old{dead_pid}_Dataset002_B")]
+    remove_stale_temporaries(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_A", "Dataset002_B",
+                                                          f"tmp{os.getpid()}_Dataset004_D"]
+    assert (tmp_path / "Dataset001_A" / "file").read_text() == f"old{dead_pid}_Dataset001_A"  # the old one, back

@@ -11,16 +11,26 @@ import torch
 
 from nnunet_ccesemi.training.checkpoint import CheckpointError
 from nnunet_ccesemi.training.networks import unwrap
+from tests.test_trainer_units import assert_same_optimizer_state
 
 pytestmark = pytest.mark.integration
 
 
-def build_trainer(name: str, planned: dict, configuration: str = "3d_cpu"):
-    """A trainer as nnUNetv2_train builds it (device cpu), for the given planned dataset."""
+def build_trainer(name: str, planned: dict, monkeypatch: pytest.MonkeyPatch | None = None,
+                  configuration: str = "3d_cpu"):
+    """A trainer as nnUNetv2_train builds it (device cpu), for the given planned dataset.
+
+    nnU-Net reads its folders from the environment, some of them lazily (``nnUNet_raw`` when the loaders
+    start): they are set through ``monkeypatch``, so they end with the test. A caller without one (the
+    subprocess test of tests/test_cli_integration.py) sets them for the rest of the session.
+    """
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
 
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.environ[variable] = planned["env"][variable]
+        if monkeypatch is None:
+            os.environ[variable] = planned["env"][variable]
+        else:
+            monkeypatch.setenv(variable, planned["env"][variable])
     plans = json.loads((planned["preprocessed"] / "nnUNetPlans.json").read_text())
     plans["continue_training"] = False
     dataset_json = json.loads((planned["preprocessed"] / "dataset.json").read_text())
@@ -30,13 +40,12 @@ def build_trainer(name: str, planned: dict, configuration: str = "3d_cpu"):
 
 
 @pytest.fixture
-def started_trainer(planned_dataset, request):
-    os.environ["nnUNet_n_proc_DA"] = "0"  # in-process loaders: deterministic and light
-    trainer = build_trainer(request.param, planned_dataset)
+def started_trainer(planned_dataset, request, monkeypatch):
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # in-process loaders: deterministic and light
+    trainer = build_trainer(request.param, planned_dataset, monkeypatch)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
-    yield trainer
-    os.environ.pop("nnUNet_n_proc_DA")
+    return trainer
 
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs", "nnUNetTrainerCCE_5epochs"], indirect=True)
@@ -54,15 +63,38 @@ def test_train_step_updates_both_networks_and_reports_finite_terms(started_train
         assert any(not torch.equal(new[k], old[k]) for k in old if old[k].is_floating_point())
 
 
+def switched_on_statistics(config) -> list[str]:
+    """The statistics of the terms that ``config`` switches on (a weight of 0 skips a term)."""
+    names = ["supervised_a", "supervised_b", "total", "agreement"]
+    if config.disagreement_weight > 0:
+        names += ["disagreement_a", "disagreement_b"]
+    if config.entropy_filter_weight > 0:
+        names += ["entropy_filter_a", "entropy_filter_b", "reliable_fraction"]
+    if config.cps_weight > 0:
+        names += ["cps_b"] if config.kl_direction == "a_to_b" else ["cps_a", "cps_b"]
+        names += ["mean_kl_weight"] if config.kl_weighting else []
+    if config.cosine_weight > 0:
+        names += ["cosine"]
+    if config.contrast_weight > 0:
+        names += ["contrast_a", "contrast_b", "num_prototypes"]
+    return names
+
+
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
 def test_cce_step_computes_every_term(started_trainer):
+    """Every term CCE switches on is alive: finite and non-zero in each of a few steps on the tiny dataset,
+    whose labelled and unlabelled patches hold both classes (the foreground is oversampled)."""
     trainer = started_trainer
-    trainer.current_epoch = 4  # ramps near their maximum
-    output = trainer.train_step(next(trainer.dataloader_train))
-    for term in ("disagreement_a", "entropy_filter_a", "cps_a", "cosine", "contrast_a", "reliable_fraction",
-                 "mean_kl_weight", "num_prototypes", "entropy_threshold_a_c1", "reliable_fraction_c1",
-                 "prototype_present_c1"):
-        assert "ccesemi_" + term in output, term
+    trainer.current_epoch = 4  # ramps near their maximum, the contrast term well above 0
+    outputs = [trainer.train_step(next(trainer.dataloader_train)) for _ in range(3)]
+    names = switched_on_statistics(trainer.method_config)
+    assert {"disagreement_a", "entropy_filter_b", "cps_a", "mean_kl_weight", "cosine", "contrast_b"} <= set(names)
+    for step, output in enumerate(outputs):
+        for name in names:
+            value = output["ccesemi_" + name]
+            assert np.isfinite(value) and value != 0, f"{name} = {value} at step {step}"
+        for name in ("entropy_threshold_a_c1", "reliable_fraction_c1", "prototype_present_c1"):
+            assert "ccesemi_" + name in output, name
 
 
 def test_objective_is_compiled_where_nnunet_compiles_and_both_steps_use_it(planned_dataset, monkeypatch):
@@ -74,7 +106,7 @@ def test_objective_is_compiled_where_nnunet_compiles_and_both_steps_use_it(plann
     monkeypatch.setattr(nnUNetTrainerDualNetwork, "_compile_objective", lambda self: True)
     monkeypatch.setattr(torch, "compile", lambda function: (lambda *a, **k: calls.append(1) or function(*a, **k)))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset)
+    trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset, monkeypatch)
     trainer.on_train_start()
     trainer.on_train_epoch_start()
     assert isinstance(trainer.objective_step, CompiledWithEagerFallback) and trainer.objective_step.eager is trainer.objective
@@ -87,10 +119,13 @@ def test_objective_is_compiled_where_nnunet_compiles_and_both_steps_use_it(plann
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
 def test_one_optimiser_over_both_networks(started_trainer):
+    """nnU-Net's SGD over A, with B as a second group (variants mixed in: tests/test_trainer_units.py)."""
     trainer = started_trainer
-    optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
-    for network in (trainer.network, trainer.network_b):
-        assert {id(p) for p in network.parameters()} <= optimised
+    assert type(trainer.optimizer) is torch.optim.SGD
+    group_a, group_b = trainer.optimizer.param_groups
+    assert group_a["params"] == list(trainer.network.parameters())
+    assert group_b["params"] == list(trainer.network_b.parameters())
+    assert group_b["lr"] == group_a["lr"] == trainer.initial_lr
     assert type(unwrap(trainer.network_b)).__name__ == "ResidualEncoderUNet"
 
 
@@ -104,29 +139,32 @@ def test_deep_supervision_switch_reaches_network_b(started_trainer):
 
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
-def test_checkpoint_round_trip_and_refusal_of_single_network_checkpoint(started_trainer, planned_dataset, tmp_path):
+def test_checkpoint_round_trip_and_refusal_of_single_network_checkpoint(started_trainer, planned_dataset, tmp_path,
+                                                                        monkeypatch):
     trainer = started_trainer
     trainer.train_step(next(trainer.dataloader_train))
     trainer._ensure_logger_key("ccesemi_cps_a")
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
 
-    restored = build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset)
+    restored = build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset, monkeypatch)
     restored.load_checkpoint(path)
     for original, copy in ((trainer.network, restored.network), (trainer.network_b, restored.network_b)):
         for key, value in unwrap(original).state_dict().items():
             assert torch.equal(value, unwrap(copy).state_dict()[key]), key
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), restored.optimizer.state_dict())
 
     single = torch.load(path, weights_only=False)
     del single["network_b_weights"]
     single["trainer_name"] = "nnUNetTrainer"
     torch.save(single, tmp_path / "single.pth")
     with pytest.raises(CheckpointError, match="written by nnUNetTrainer, not by a dual-network trainer"):
-        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "single.pth"))
+        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset, monkeypatch).load_checkpoint(
+            str(tmp_path / "single.pth"))
 
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)
-def test_checkpoint_of_another_network_b_is_refused_by_name(started_trainer, planned_dataset, tmp_path):
+def test_checkpoint_of_another_network_b_is_refused_by_name(started_trainer, planned_dataset, tmp_path, monkeypatch):
     # nnunet_ccesemi 0.1 built B's decoder with A's two convolutions per stage and saved no such field
     trainer = started_trainer
     trainer.train_step(next(trainer.dataloader_train))
@@ -138,7 +176,8 @@ def test_checkpoint_of_another_network_b_is_refused_by_name(started_trainer, pla
     torch.save(legacy, tmp_path / "legacy.pth")
     with pytest.raises(CheckpointError, match=r"legacy.pth was trained with network B .*'decoder_convs_per_stage': "
                                               r"None.*builds .*'decoder_convs_per_stage': 1.*0.1.0 wrote it"):
-        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset).load_checkpoint(str(tmp_path / "legacy.pth"))
+        build_trainer("nnUNetTrainerCPS_5epochs", planned_dataset, monkeypatch).load_checkpoint(
+            str(tmp_path / "legacy.pth"))
 
 
 def _step_gradients(trainer, step, data, target, seed: int) -> list[torch.Tensor]:
@@ -207,7 +246,7 @@ def test_same_seed_same_first_losses_on_the_cpu(planned_dataset, monkeypatch):
     monkeypatch.setenv("nnUNet_ccesemi_seed", "1234")
     runs = []
     for _ in range(2):
-        trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset)
+        trainer = build_trainer("nnUNetTrainerCCE_5epochs", planned_dataset, monkeypatch)
         trainer.on_train_start()
         trainer.on_train_epoch_start()
         trainer.current_epoch = 3  # every term active, including the prototype contrast

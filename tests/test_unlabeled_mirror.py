@@ -74,7 +74,7 @@ def test_the_plan_names_removed_moved_changed_and_new_cases(tmp_path):
                            "moved": "now a labelled case in imagesTr"}
     assert list(plan.redo) == ["changed"] and plan.new == ["new"] and not plan.in_step
     described = "\n".join(plan.describe())
-    assert "2 preprocessed case(s) no longer in imagesUnlabeled" in described and "1 case(s) whose raw" in described
+    assert "2 preprocessed case(s) no longer in imagesUnlabeled" in described and "1 case(s) to redo: changed (" in described
     assert plan_mirror({"kept": files["kept"]}, {"kept"}, records).in_step
 
 

@@ -33,9 +33,11 @@ def run(args: list[str], env: dict) -> None:
 def holds_network_b(model_folder: str) -> bool:
     import torch
 
+    from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY
+
     checkpoint = torch.load(join(model_folder, "fold_all", "checkpoint_final.pth"), map_location="cpu",
                             weights_only=False)
-    return "network_b_weights" in checkpoint
+    return PEER_WEIGHTS_KEY in checkpoint
 
 
 def main(argv=None) -> None:
@@ -74,7 +76,7 @@ def main(argv=None) -> None:
     run(["nnUNetv2_ccesemi_add_cpu_config", "-d", dataset, "--patch", "16", "32", "32", "--base-features", "8",
          "--max-features", "64"], env)
 
-    from nnunet_ccesemi.cli.evaluate import evaluate_folders
+    from nnunet_ccesemi.evaluation.folders import evaluate_folders
 
     predictions = {}
     common = ["-i", join(raw_folder, "imagesTs"), "-d", dataset, "-c", args.configuration, "-f", "all",

@@ -3,271 +3,27 @@
     nnUNetv2_ccesemi_evaluate -ref LABELS_DIR -pred PRED_DIR [-l 1 2] [--units voxel|mm] [--lcc]
                               [--empty-convention nan|zero] [-o summary.json]
 
-The definitions are medpy's (:mod:`nnunet_ccesemi.evaluation.metrics`). Cases are matched by file name
-(``--file-ending``, default ``.nii.gz``); every reference needs a prediction. Default units are voxels,
-as in the UA-MT/DTC/MC-Net/BCP/CCE tables; ``--units mm`` uses the reference's spacing. ``--lcc`` keeps
-the largest connected component of each predicted label first (DTC, SS-Net and BCP do; UA-MT, MC-Net
-and CCE do not). The summary JSON records the units, the post-processing, the empty-mask convention and
+The definitions are medpy's (:mod:`nnunet_ccesemi.evaluation.metrics`); the folder evaluation is
+:mod:`nnunet_ccesemi.evaluation.folders`. Cases are matched by file name (``--file-ending``, default
+``.nii.gz``); every reference needs a prediction. Default units are voxels, as in the
+UA-MT/DTC/MC-Net/BCP/CCE tables; ``--units mm`` uses the reference's spacing. ``--lcc`` keeps the
+largest connected component of each predicted label first (DTC, SS-Net and BCP do; UA-MT, MC-Net and
+CCE do not). The summary JSON records the units, the post-processing, the empty-mask convention and
 the command line next to per-case and mean values; undefined values (NaN) are written as ``null``.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shlex
 import sys
-from multiprocessing import get_context
-from os.path import isdir, join
-from typing import Optional, Sequence
+from os.path import join
 
-import numpy as np
+from nnunet_ccesemi.evaluation.folders import UNITS, EvaluationError, evaluate_folders, format_table, write_summary
+from nnunet_ccesemi.evaluation.metrics import EMPTY_CONVENTIONS
+from nnunet_ccesemi.parallel import WorkerDiedError
 
-from nnunet_ccesemi import image_files
-from nnunet_ccesemi.atomic import atomic_path
-from nnunet_ccesemi.evaluation.metrics import (
-    DISTANCE_METRICS,
-    EMPTY_CONVENTIONS,
-    METRICS,
-    binary_metrics,
-    largest_connected_component,
-)
-
-UNITS = ("voxel", "mm")
 DEFAULT_OUTPUT_NAME = "summary_ccesemi.json"
-# nnU-Net writes predictions with the image's geometry, which can differ from the label's in the last digits
-SPACING_RTOL = 1e-4
-
-CONVENTIONS = {
-    "Dice": "2|P and R| / (|P| + |R|); 0 when exactly one mask is empty, 1.0 when both are (medpy dc)",
-    "Jaccard": "|P and R| / |P or R|; 1.0 when both masks are empty (medpy jc)",
-    "surface": "voxels removed by one erosion with connectivity 1 (face neighbours); outside the image counts "
-               "as background, so objects touching the image border have surface there (medpy)",
-    "HD95": "95th percentile (numpy, linear) of the pooled distances prediction surface -> nearest reference "
-            "surface voxel and reference surface -> nearest prediction surface voxel (medpy hd95)",
-    "ASD": "mean distance prediction surface -> nearest reference surface voxel, directed (medpy asd(pred, ref), "
-           "the papers' ASD)",
-    "ASSD": "mean of the pooled distances of both directions (medpy assd)",
-    "means": "over cases, ignoring NaN (n_excluded_empty counts the cases left out); foreground_mean is the "
-             "mean over labels of the per-label means",
-    "lcc": "when on, each predicted label is reduced to its largest connected component (full connectivity: "
-           "26 neighbours in 3D) before scoring",
-}
-EMPTY_CONVENTION_TEXT = {
-    "nan": "HD95, ASD and ASSD are NaN (null in JSON) when the prediction or the reference is empty; those "
-           "cases are excluded from the distance means and counted in n_excluded_empty",
-    "zero": "HD95, ASD and ASSD are 0 when the prediction or the reference is empty (the papers' test "
-            "scripts; flatters empty predictions); no case is excluded",
-}
-
-
-class EvaluationError(Exception):
-    """Unusable input: a missing prediction, a geometry mismatch, an empty folder."""
-
-
-def read_segmentation(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """The label array of an image file and its spacing, both in array axis order (z, y, x for 3D).
-
-    Raises:
-        EvaluationError: the file is truncated or unreadable.
-    """
-    import SimpleITK as sitk
-
-    try:
-        image = image_files.read_image(path, "segmentation")
-    except image_files.ImageFileError as e:
-        raise EvaluationError(str(e)) from e
-    return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
-
-
-def match_cases(reference_folder: str, prediction_folder: str, file_ending: str = ".nii.gz",
-                missing_as_empty: bool = False) -> tuple[list[tuple[str, str, Optional[str]]], list[str]]:
-    """Pairs (case, reference file, prediction file or None) by file name, and the unmatched predictions.
-
-    Raises:
-        EvaluationError: a folder is missing, no reference has the file ending, or a prediction is
-            missing (unless ``missing_as_empty``, which pairs it with ``None``).
-    """
-    for kind, folder in (("reference", reference_folder), ("prediction", prediction_folder)):
-        if not isdir(folder):
-            raise EvaluationError(f"{kind} folder {folder} does not exist")
-    references = sorted(f for f in os.listdir(reference_folder) if f.endswith(file_ending))
-    predictions = {f for f in os.listdir(prediction_folder) if f.endswith(file_ending)}
-    if not references:
-        raise EvaluationError(f"no reference file ending in {file_ending!r} in {reference_folder}")
-    missing = [f for f in references if f not in predictions]
-    if missing and not missing_as_empty:
-        raise EvaluationError(
-            f"{len(missing)} of {len(references)} references have no prediction in {prediction_folder}: "
-            f"{join(prediction_folder, missing[0])} is missing" + (f" (and {', '.join(missing[1:4])}"
-                                                                    f"{', ...' if len(missing) > 4 else ''})"
-                                                                    if len(missing) > 1 else "")
-            + "; pass --missing-as-empty to score them as empty predictions")
-    pairs = [(f[:-len(file_ending)], join(reference_folder, f),
-              join(prediction_folder, f) if f in predictions else None) for f in references]
-    return pairs, sorted(predictions.difference(references))
-
-
-def evaluate_case(reference_file: str, prediction_file: Optional[str], labels: Optional[Sequence[int]],
-                  units: str = "voxel", lcc: bool = False, empty_convention: str = "nan") -> dict:
-    """Metrics of one case, per label: ``labels``, or every label of the reference or the prediction.
-
-    ``prediction_file=None`` scores an empty prediction. Returns the per-case record of the summary
-    (metrics keyed by ``str(label)``) plus ``reference_labels``, the labels present in the reference.
-
-    Raises:
-        EvaluationError: the prediction's shape or spacing differs from the reference's.
-    """
-    reference, spacing = read_segmentation(reference_file)
-    if prediction_file is None:
-        prediction = np.zeros_like(reference)
-    else:
-        prediction, prediction_spacing = read_segmentation(prediction_file)
-        if prediction.shape != reference.shape:
-            raise EvaluationError(f"shape mismatch: reference {reference_file} has shape {reference.shape}, "
-                                  f"prediction {prediction_file} has shape {prediction.shape}")
-        if not np.allclose(prediction_spacing, spacing, rtol=SPACING_RTOL, atol=0):
-            raise EvaluationError(f"spacing mismatch: reference {reference_file} has spacing {spacing}, "
-                                  f"prediction {prediction_file} has spacing {prediction_spacing} (array axis order)")
-    reference_labels = present_labels(reference)
-    if labels is None:
-        # scored here, filtered by the caller once the labels of all references are known
-        labels = sorted(set(reference_labels) | set(present_labels(prediction)))
-    metrics = {}
-    for label in labels:
-        predicted = prediction == label
-        if lcc:
-            predicted = largest_connected_component(predicted)
-        metrics[str(label)] = binary_metrics(predicted, reference == label, spacing if units == "mm" else None,
-                                             empty_convention)
-    return {"reference_file": reference_file, "prediction_file": prediction_file,
-            "prediction_missing": prediction_file is None, "shape": list(reference.shape),
-            "spacing": list(spacing), "metrics": metrics, "reference_labels": reference_labels}
-
-
-def present_labels(segmentation: np.ndarray) -> list[int]:
-    """The non-zero values of a label map, as sorted ints."""
-    if np.issubdtype(segmentation.dtype, np.integer) and segmentation.size and segmentation.min() >= 0:
-        values = np.flatnonzero(np.bincount(segmentation.ravel()))  # much faster than np.unique on volumes
-    else:
-        values = np.unique(segmentation)
-    return [int(v) for v in values if v != 0]
-
-
-def evaluate_folders(reference_folder: str, prediction_folder: str, labels: Optional[Sequence[int]] = None,
-                     units: str = "voxel", lcc: bool = False, empty_convention: str = "nan",
-                     file_ending: str = ".nii.gz", missing_as_empty: bool = False, num_processes: int = 1,
-                     command: Optional[str] = None) -> dict:
-    """Scores every reference case against its prediction; returns the summary (NaN where undefined).
-
-    Labels default to every foreground value found in the references; a label absent from both the
-    reference and the prediction of a case scores as two empty masks there.
-    """
-    if units not in UNITS:
-        raise ValueError(f"units must be one of {UNITS}, got {units!r}")
-    if empty_convention not in EMPTY_CONVENTIONS:
-        raise ValueError(f"empty_convention must be one of {EMPTY_CONVENTIONS}, got {empty_convention!r}")
-    pairs, unmatched = match_cases(reference_folder, prediction_folder, file_ending, missing_as_empty)
-    jobs = [(reference_file, prediction_file, None if labels is None else list(labels), units, lcc, empty_convention)
-            for _, reference_file, prediction_file in pairs]
-    if num_processes > 1 and len(jobs) > 1:
-        with get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            cases = pool.starmap(evaluate_case, jobs)
-    else:
-        cases = [evaluate_case(*job) for job in jobs]
-
-    if labels is None:
-        labels = sorted({label for case in cases for label in case["reference_labels"]})
-    labels = [int(label) for label in labels]
-    if not labels:
-        raise EvaluationError(f"the references in {reference_folder} hold no foreground label; choose with -l")
-    both_empty = binary_metrics(np.zeros(1, bool), np.zeros(1, bool), empty_convention=empty_convention)
-    for (name, _, _), case in zip(pairs, cases):
-        case["case"] = name
-        case["metrics"] = {str(label): case["metrics"].get(str(label), dict(both_empty)) for label in labels}
-
-    means = {str(label): label_mean([case["metrics"][str(label)] for case in cases]) for label in labels}
-    return {
-        "command": command,
-        "reference_folder": reference_folder,
-        "prediction_folder": prediction_folder,
-        "file_ending": file_ending,
-        "labels": labels,
-        "units": units,
-        "lcc": lcc,
-        "empty_convention": empty_convention,
-        "conventions": {**CONVENTIONS, "empty": EMPTY_CONVENTION_TEXT[empty_convention]},
-        "n_cases": len(cases),
-        "n_excluded_empty": {label: mean["n_excluded_empty"] for label, mean in means.items()},
-        "n_missing_predictions": sum(case["prediction_missing"] for case in cases),
-        "unmatched_predictions": unmatched,
-        "mean": means,
-        "foreground_mean": {metric: _nanmean([mean[metric] for mean in means.values()]) for metric in METRICS},
-        "metric_per_case": [{key: case[key] for key in ("case", "reference_file", "prediction_file",
-                                                        "prediction_missing", "shape", "spacing", "metrics")}
-                            for case in cases],
-    }
-
-
-def label_mean(case_metrics: list[dict]) -> dict:
-    """Means over cases ignoring NaN, with the counts of empty masks and of excluded cases."""
-    mean = {metric: _nanmean([m[metric] for m in case_metrics]) for metric in METRICS}
-    mean.update(
-        n_cases=len(case_metrics),
-        n_excluded_empty=sum(math.isnan(m[DISTANCE_METRICS[0]]) for m in case_metrics),
-        n_empty_prediction=sum(m["prediction_voxels"] == 0 for m in case_metrics),
-        n_empty_reference=sum(m["reference_voxels"] == 0 for m in case_metrics),
-    )
-    return mean
-
-
-def format_table(summary: dict) -> str:
-    """Per-label means and the foreground mean, with the units and conventions that produced them."""
-    unit = "vox" if summary["units"] == "voxel" else "mm"
-    header = (f"{'label':<12}{'Dice %':>8}{'Jacc. %':>9}{'HD95 ' + unit:>11}{'ASD ' + unit:>10}{'ASSD ' + unit:>11}"
-              f"{'n':>5}{'excl.':>7}")
-    rows = [header, "-" * len(header)]
-    for label, mean in summary["mean"].items():
-        rows.append(_row(label, mean) + f"{mean['n_cases']:>5d}{mean['n_excluded_empty']:>7d}")
-    if len(summary["mean"]) > 1:
-        rows.append(_row("foreground", summary["foreground_mean"]))
-    excluded = sum(summary["n_excluded_empty"].values())
-    notes = [
-        f"{summary['n_cases']} cases; units: {summary['units']}; largest connected component: "
-        f"{'on' if summary['lcc'] else 'off'}; empty masks: {summary['empty_convention']}",
-        f"empty-mask convention: {summary['conventions']['empty']}",
-        "ASD = directed prediction->reference (medpy asd, the papers' ASD); ASSD = symmetric; "
-        "Dice/Jaccard of two empty masks = 1",
-    ]
-    if excluded:
-        notes.append(f"WARNING: {excluded} (case, label) pairs with an empty mask are excluded from the distance means")
-    if summary["n_missing_predictions"]:
-        notes.append(f"WARNING: {summary['n_missing_predictions']} missing predictions scored as empty")
-    if summary["unmatched_predictions"]:
-        notes.append(f"note: {len(summary['unmatched_predictions'])} predictions have no reference and were ignored")
-    return "\n".join(rows + notes)
-
-
-def _row(label: str, mean: dict) -> str:
-    return (f"{label:<12}{100 * mean['Dice']:>8.2f}{100 * mean['Jaccard']:>9.2f}{mean['HD95']:>11.2f}"
-            f"{mean['ASD']:>10.2f}{mean['ASSD']:>11.2f}")
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
-
-
-def to_json(value):
-    """The summary with NaN as ``null``: strict JSON, readable by any parser."""
-    if isinstance(value, dict):
-        return {str(k): to_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def main(argv=None) -> None:
@@ -298,13 +54,13 @@ def main(argv=None) -> None:
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "nnUNetv2_ccesemi_evaluate",
                           *(sys.argv[1:] if argv is None else argv)])
     try:
-        summary = evaluate_folders(args.ref, args.pred, args.l, args.units, args.lcc, args.empty_convention,
-                                   args.file_ending, args.missing_as_empty, args.np, command)
-    except EvaluationError as e:
+        summary = evaluate_folders(args.ref, args.pred, labels=args.l, units=args.units, lcc=args.lcc,
+                                   empty_convention=args.empty_convention, file_ending=args.file_ending,
+                                   missing_as_empty=args.missing_as_empty, num_processes=args.np, command=command)
+    except (EvaluationError, WorkerDiedError) as e:
         sys.exit(f"ERROR: {e}")
     output = args.o or join(args.pred, DEFAULT_OUTPUT_NAME)
-    with atomic_path(output) as tmp, open(tmp, "w") as f:
-        json.dump(to_json(summary), f, indent=2, allow_nan=False)
+    write_summary(summary, output)
     print(format_table(summary))
     print(f"summary written to {output}")
 

@@ -68,48 +68,66 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
             a labelled case.
     """
     folder = raw_unlabeled_folder(raw_dataset_folder)
+    cases = find_cases(folder, dataset_json, "unlabelled")
+    if labeled_identifiers:
+        collisions = sorted(set(cases) & set(labeled_identifiers))
+        if collisions:
+            raise UnlabeledDataError(
+                f"Unlabelled case ID(s) {collisions[:5]} in {folder} are also labelled cases in imagesTr. "
+                f"Rename them: a case is either labelled or unlabelled.")
+    return cases
+
+
+def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str]]:
+    """Map each case ID of an image folder in nnU-Net's input layout to its channel files, in channel order;
+    ``role`` names the images in errors ("unlabelled", "input").
+
+    Raises:
+        UnlabeledDataError: folder missing or empty (or holding folders instead of images); a file not
+            named ``<case>_<XXXX><file_ending>``; a case whose channels differ from ``channel_names``.
+    """
     file_ending = dataset_json["file_ending"]
     channel_names = dataset_json["channel_names"]
     expected_channels = list(range(len(channel_names)))
     pattern_help = f"<case>_<XXXX>{file_ending} (e.g. case001_0000{file_ending})"
     if not isdir(folder):
         raise UnlabeledDataError(
-            f"No unlabelled images: the folder {folder} does not exist. Put unlabelled images there, named "
+            f"No {role} images: the folder {folder} does not exist. Put {role} images there, named "
             f"{pattern_help}, like imagesTr.")
 
     pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending))
     channels_by_case: dict[str, dict[int, str]] = {}
-    misnamed = []
+    misnamed, subfolders = [], []
     for name in sorted(os.listdir(folder)):
         if name.startswith("."):
+            continue
+        if isdir(join(folder, name)):
+            subfolders.append(name)
             continue
         match = pattern.fullmatch(name)
         if match is None:
             misnamed.append(name)
             continue
         channels_by_case.setdefault(match["case"], {})[int(match["channel"])] = join(folder, name)
+    if not channels_by_case and subfolders:  # e.g. a dataset's root instead of its image folder
+        raise UnlabeledDataError(
+            f"No {role} images: {folder} holds folders ({', '.join(subfolders[:5])}) but no {pattern_help} "
+            f"files. Pass the folder of the images themselves (e.g. {join(folder, subfolders[0])}).")
     if misnamed:
         shown = ", ".join(misnamed[:5]) + (" ..." if len(misnamed) > 5 else "")
         raise UnlabeledDataError(
             f"{len(misnamed)} file(s) in {folder} are not named {pattern_help} (dataset.json file_ending is "
             f"{file_ending!r}): {shown}")
     if not channels_by_case:
-        raise UnlabeledDataError(f"No unlabelled images: {folder} holds no {pattern_help} files.")
+        raise UnlabeledDataError(f"No {role} images: {folder} holds no {pattern_help} files.")
 
     for case, channels in channels_by_case.items():
         if sorted(channels) != expected_channels:
             found = ", ".join(f"_{c:04d}" for c in sorted(channels))
             expected = ", ".join(f"_{c:04d} ({channel_names[str(c)]})" for c in expected_channels)
             raise UnlabeledDataError(
-                f"Unlabelled case {case!r} in {folder} has channel files {found}; dataset.json channel_names "
-                f"expects exactly {expected}.")
-
-    if labeled_identifiers:
-        collisions = sorted(set(channels_by_case) & set(labeled_identifiers))
-        if collisions:
-            raise UnlabeledDataError(
-                f"Unlabelled case ID(s) {collisions[:5]} in {folder} are also labelled cases in imagesTr. "
-                f"Rename them: a case is either labelled or unlabelled.")
+                f"{role.capitalize()} case {case!r} in {folder} has channel files {found}; dataset.json "
+                f"channel_names expects exactly {expected}.")
     return {case: [channels[c] for c in expected_channels] for case, channels in channels_by_case.items()}
 
 
@@ -192,7 +210,7 @@ class MirrorPlan:
         if self.remove:
             lines.append(f"{len(self.remove)} preprocessed case(s) no longer in imagesUnlabeled: {listed(self.remove)}")
         if self.redo:
-            lines.append(f"{len(self.redo)} case(s) whose raw files changed: {listed(self.redo)}")
+            lines.append(f"{len(self.redo)} case(s) to redo: {listed(self.redo)}")
         if self.new:
             shown = ", ".join(self.new[:limit]) + (" ..." if len(self.new) > limit else "")
             lines.append(f"{len(self.new)} case(s) in imagesUnlabeled not preprocessed yet: {shown}")

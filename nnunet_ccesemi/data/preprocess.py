@@ -9,14 +9,11 @@ unlabelled case has no foreground to oversample.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
 import shutil
 from os.path import isfile, join
-from time import sleep
 
 import numpy as np
-from tqdm import tqdm
 
 from nnunet_ccesemi import image_files
 from nnunet_ccesemi.atomic import atomic_path
@@ -24,6 +21,7 @@ from nnunet_ccesemi.data.layout import (UnlabeledDataError, case_stems, complete
                                         manifest_path,
                                         plan_mirror, preprocessed_unlabeled_folder, preprocessing_fingerprint,
                                         read_manifest, source_record)
+from nnunet_ccesemi.parallel import WorkerDiedError, run_jobs
 
 CASE_FILE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
@@ -92,28 +90,9 @@ def preprocess_case(output_folder: str, case: str, image_files: list[str], plans
     shutil.rmtree(staging, ignore_errors=True)
 
 
-def _run_in_pool(jobs: list[tuple], num_processes: int, description: str, on_done) -> None:
-    """Run :func:`preprocess_case` on each job; ``on_done(job)`` runs in this process as each one finishes."""
-    if num_processes <= 1:
-        for job in tqdm(jobs, desc=description):
-            preprocess_case(*job)
-            on_done(job)
-        return
-    # spawn, as nnU-Net does: forked workers inherit torch/blosc2 thread pools badly
-    with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-        workers = list(pool._pool)
-        pending = {pool.apply_async(preprocess_case, job): job for job in jobs}
-        with tqdm(total=len(jobs), desc=description) as progress:
-            while pending:
-                if not all(w.is_alive() for w in workers):
-                    raise RuntimeError("A preprocessing worker died (out of memory?). Rerun with fewer processes "
-                                       "(-np); finished cases are kept and skipped.")
-                done = [r for r in pending if r.ready()]
-                for result in done:
-                    result.get()  # re-raises a worker's error here
-                    on_done(pending.pop(result))
-                    progress.update()
-                sleep(0.05)
+def _preprocess_job(job: tuple) -> None:
+    """:func:`preprocess_case` of one job tuple (looked up at call time, so a test can replace it)."""
+    preprocess_case(*job)
 
 
 def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str],
@@ -195,7 +174,11 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
 
         jobs = [(output_folder, case, cases[case], plans_manager, configuration_manager, dataset_json)
                 for case in todo]
-        _run_in_pool(jobs, num_processes, f"Preprocessing unlabelled cases ({configuration})", record_source)
+        try:
+            run_jobs(_preprocess_job, jobs, num_processes=num_processes,
+                     description=f"Preprocessing unlabelled cases ({configuration})", on_done=record_source)
+        except WorkerDiedError as e:
+            raise UnlabeledDataError(f"{e}; the cases finished so far are kept and skipped.") from e
         shutil.rmtree(output_folder + ".staging", ignore_errors=True)
         written[configuration] = len(todo)
     return written

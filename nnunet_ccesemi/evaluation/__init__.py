@@ -1,4 +1,7 @@
-"""Segmentation metrics as the semi-supervised literature reports them (medpy definitions)."""
+"""Segmentation metrics as the semi-supervised literature reports them (medpy definitions).
+
+The scoring of a prediction folder against its references (match, score, summarise, write) is
+:mod:`nnunet_ccesemi.evaluation.folders`."""
 from .metrics import (
     DISTANCE_METRICS,
     EMPTY_CONVENTIONS,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 from os.path import basename, join
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -154,6 +154,34 @@ class DualNetworkPredictor(nnUNetPredictor):
             self._current_case = None
             if isinstance(data_iterator, MultiThreadedAugmenter):
                 data_iterator._finish()
+
+    def probabilities_per_case(self, input_files: list[list[str]], case_ids: list[str],
+                               num_processes_preprocessing: int = 1
+                               ) -> Iterator[tuple[str, dict, torch.Tensor, torch.Tensor]]:
+        """(case ID, properties, softmax of A, softmax of B) per case on the network grid, each case
+        preprocessed once (in background workers) and slid once per network as nnU-Net predicts;
+        nothing is exported."""
+        iterator = self._internal_get_data_iterator_from_lists_of_filenames(
+            input_files, [None] * len(input_files), list(case_ids), num_processes_preprocessing)
+        try:
+            for item in iterator:
+                data = item["data"]
+                if isinstance(data, str):  # nnU-Net hands large cases over as a temporary .npy file
+                    path, data = data, torch.from_numpy(np.load(data))
+                    os.remove(path)
+                with torch.inference_mode():
+                    probs_a, probs_b = self._probabilities(data, "a"), self._probabilities(data, "b")
+                yield basename(item["ofile"]), item["data_properties"], probs_a, probs_b
+        finally:
+            if isinstance(iterator, MultiThreadedAugmenter):
+                iterator._finish()
+
+    def write_uncertainty_maps(self, case_id: str, properties: dict, probs_a: torch.Tensor,
+                               probs_b: torch.Tensor) -> None:
+        """``<case>_entropy`` and ``<case>_disagreement`` into ``uncertainty_folder``, in the input's geometry."""
+        os.makedirs(self.uncertainty_folder, exist_ok=True)
+        maps = {"entropy": predictive_entropy((probs_a + probs_b) / 2), "disagreement": symmetric_kl(probs_a, probs_b)}
+        self._write_uncertainty_maps(maps, {"data_properties": properties, "ofile": case_id})
 
     # ------------------------------------------------------------------ uncertainty export
     def _write_uncertainty_maps(self, maps: dict[str, torch.Tensor], case: dict) -> None:

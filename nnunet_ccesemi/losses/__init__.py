@@ -16,7 +16,7 @@ from .entropy import (
     reliable_mask,
 )
 from .features import DecoderFeatureHook, l2_normalize_voxels
-from .objective import DualNetworkObjective, UnlabeledObjective, merge_sequential_stats
+from .objective import DualNetworkObjective, merge_sequential_stats
 from .prototypes import (
     IGNORE_LABEL,
     PrototypeBank,
@@ -33,7 +33,6 @@ __all__ = [
     "DecoderFeatureHook",
     "DualNetworkObjective",
     "PrototypeBank",
-    "UnlabeledObjective",
     "batch_quantile",
     "class_balanced_reliable",
     "class_quantiles",

@@ -16,6 +16,8 @@ from typing import Literal, Optional
 import torch
 import torch.distributed as dist
 
+from .distributed import distributed_active
+
 QuantileInterpolation = Literal["linear", "lower", "higher"]
 
 
@@ -71,12 +73,6 @@ def normalized_entropy_from_logits(logits: torch.Tensor, dim: int = 1) -> torch.
     # log_softmax <= 0, so every term is <= 0; adding +0.0 turns a -0.0 sum into +0.0 (the sort key
     # of class_quantiles reads the float's bits).
     return entropy + 0.0
-
-
-def _distributed_active(distributed: Optional[bool]) -> bool:
-    if distributed is None:
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return distributed
 
 
 def _gather_from_all_ranks(flat: torch.Tensor) -> torch.Tensor:
@@ -146,7 +142,7 @@ def batch_quantile(
     if interpolation not in ("linear", "lower", "higher"):
         raise ValueError(f"interpolation must be 'linear', 'lower' or 'higher', got {interpolation!r}")
     flat = values.detach().reshape(-1).float()
-    gathered = _distributed_active(distributed)
+    gathered = distributed_active(distributed)
     if gathered:
         flat = _gather_from_all_ranks(flat)
     n = flat.numel()
@@ -216,7 +212,7 @@ def class_quantiles(
     flat = values.detach().reshape(-1).float()
     flat = torch.where(flat > 0, flat, torch.zeros_like(flat))
     keys = (labels.reshape(-1).long() << _CLASS_KEY_SHIFT) | flat.view(torch.int32).long()
-    if _distributed_active(distributed):
+    if distributed_active(distributed):
         keys = _gather_from_all_ranks(keys)
     sorted_keys = torch.sort(keys).values
     sorted_classes = sorted_keys >> _CLASS_KEY_SHIFT

@@ -20,8 +20,8 @@ from ..config import MethodConfig
 from .consistency import cosine_consistency
 from .cross_pseudo import cross_pseudo_supervision, kl_weighted_cross_pseudo_supervision, masked_cross_entropy
 from .disagreement import confident_disagreement_loss
+from .distributed import distributed_active
 from .entropy import (
-    _distributed_active,
     batch_quantile,
     class_balanced_reliable,
     class_quantiles,
@@ -169,7 +169,7 @@ class DualNetworkObjective(nn.Module):
         n_rows = logits_a.shape[0]
         # Under DDP a rank without unlabelled rows must still join the collectives of terms 3 and 6
         # (thresholds, prototypes), or the ranks that have some wait forever.
-        has_unlabeled = n_rows > n_labeled or _distributed_active(None)
+        has_unlabeled = n_rows > n_labeled or distributed_active()
         with torch.autocast(device_type=logits_a.device.type, enabled=False):
             logits = {"a": logits_a.float(), "b": logits_b.float()}
             probs = {net: torch.softmax(logits[net], dim=1) for net in NETWORKS}
@@ -371,7 +371,7 @@ class DualNetworkObjective(nn.Module):
             )
         if target_labeled is not None and target_labeled.shape[0] != n_labeled:
             raise ValueError(f"target_labeled has {target_labeled.shape[0]} rows, n_labeled is {n_labeled}")
-        if self._contrast_active(contrast_weight) and (logits_a.shape[0] > n_labeled or _distributed_active(None)):
+        if self._contrast_active(contrast_weight) and (logits_a.shape[0] > n_labeled or distributed_active()):
             needed = {f"features_{net}": features for net, features in (("a", features_a), ("b", features_b))
                       if net in students}
             missing = [name for name, features in needed.items() if features is None]
@@ -407,7 +407,3 @@ def merge_sequential_stats(stats_a: dict[str, torch.Tensor], stats_b: dict[str, 
         if values:
             merged[key] = torch.stack(values).mean()
     return merged
-
-
-UnlabeledObjective = DualNetworkObjective
-"""Alias: the name used in the design notes."""

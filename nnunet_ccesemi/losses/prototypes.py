@@ -19,6 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .distributed import distributed_active
 from .features import inverse_l2_norm
 
 IGNORE_LABEL = -1
@@ -31,12 +32,6 @@ _KEY_STRIDE = 2**31
 
 def _autocast_off(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
-
-
-def _distributed_active(distributed: Optional[bool]) -> bool:
-    if distributed is None:
-        return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    return distributed
 
 
 @torch.no_grad()
@@ -96,7 +91,7 @@ def class_prototypes(
         # integer counts: exact in any summation order (bincount would ask the host for the output size)
         class_counts = torch.zeros(num_classes + 1, dtype=torch.long, device=features.device).scatter_add_(
             0, column.reshape(-1), torch.ones_like(column.reshape(-1)))[:num_classes].float()
-    if _distributed_active(distributed):
+    if distributed_active(distributed):
         # One all-reduce of a fresh, contiguous (C, F + 1) tensor. ``class_sums`` itself is a transposed
         # view: gloo reduces the underlying storage as if it were contiguous (wrong sums, silently) and
         # NCCL refuses non-contiguous tensors.

@@ -1,11 +1,9 @@
 """Joint pseudo-labels of the two networks on unlabelled voxels (term 3 of ``METHOD.md``)."""
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-PseudoLabelRule = Literal["confident", "union"]
+from ..config import PseudoLabelRule
 
 
 def class_argmax(scores: torch.Tensor) -> torch.Tensor:

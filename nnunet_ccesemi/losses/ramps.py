@@ -30,11 +30,25 @@ def contrast_rampup(step: float, total: float, max_weight: float = 0.1) -> float
     return max_weight * sigmoid_rampup(step, total)
 
 
+def unsupervised_rampup_length(total: float, rampup_fraction: float) -> float:
+    """``rampup_fraction * T``: the iterations over which λ_u rises to its maximum (0: no ramp)."""
+    if not 0.0 <= rampup_fraction <= 1.0:
+        raise ValueError(f"rampup_fraction must lie in [0, 1], got {rampup_fraction}")
+    return rampup_fraction * total
+
+
 def unsupervised_rampup(step: float, total: float, rampup_fraction: float, max_weight: float = 1.0) -> float:
     """``λ_u(t) = max_weight * sigmoid_rampup(t, rampup_fraction * T)``: terms 3-5's weight.
 
     ``rampup_fraction == 0`` gives the constant ``max_weight`` (the released code).
     """
-    if not 0.0 <= rampup_fraction <= 1.0:
-        raise ValueError(f"rampup_fraction must lie in [0, 1], got {rampup_fraction}")
-    return max_weight * sigmoid_rampup(step, rampup_fraction * total)
+    return max_weight * sigmoid_rampup(step, unsupervised_rampup_length(total, rampup_fraction))
+
+
+def ramp_weights(step: float, total: float, rampup_fraction: float, contrast_max_weight: float) -> tuple[float, float]:
+    """``(λ_u(t), λ_c(t))`` at iteration ``step`` of ``total``: the trainer's weights of terms 3-5 and 6.
+
+    ``λ_u = unsupervised_rampup(t, T, rampup_fraction)`` (maximum 1: the terms carry their own weights)
+    and ``λ_c = contrast_rampup(t, T, contrast_max_weight)`` (0 when the contrast term is off).
+    """
+    return unsupervised_rampup(step, total, rampup_fraction), contrast_rampup(step, total, contrast_max_weight)

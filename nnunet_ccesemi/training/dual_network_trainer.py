@@ -9,7 +9,9 @@ schedule, AMP, ``torch.compile``, DDP, validation, checkpoints) it does here for
 * each iteration takes nnU-Net's labelled batch and an unlabelled batch of the same size, runs each
   network once on both (concatenated: one forward per network), and adds the semi-supervised
   objective of :mod:`nnunet_ccesemi.losses` to both networks' Dice+CE;
-* one SGD optimiser over both networks, one backward pass, each network clipped at norm 12;
+* one optimiser over both networks (the one ``configure_optimizers`` builds for A, nnU-Net's SGD or a
+  mixed-in variant's, with B as a second parameter group on the same schedule), one backward pass,
+  each network clipped at norm 12;
 * or, with ``sequential_step`` (the ``_lowMem`` variants, and automatically after an out-of-memory
   error in the first epoch), one network's activations at a time, with the same gradients.
 
@@ -18,8 +20,10 @@ cross pseudo supervision, CCE, or an ablation.
 """
 from __future__ import annotations
 
+import copy
 import os
 import random
+import warnings
 from os.path import isdir, join
 from time import perf_counter
 from typing import List
@@ -36,6 +40,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from torch import autocast
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.optim.lr_scheduler import LRScheduler
 
 from nnunet_ccesemi import __version__
 from nnunet_ccesemi.atomic import atomic_path, remove_stale_temporaries
@@ -43,8 +48,8 @@ from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlabeled_cases,
                                         preprocessed_unlabeled_folder, preprocessing_fingerprint, raw_unlabeled_folder)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
-from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, contrast_rampup, merge_sequential_stats,
-                                   sigmoid_rampup)
+from nnunet_ccesemi.losses import DecoderFeatureHook, DualNetworkObjective, merge_sequential_stats
+from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
                                                 check_peer_network_matches)
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
@@ -57,6 +62,8 @@ STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
 FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
 PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c")
+# A scheduler's lists with one entry per parameter group (LRScheduler's base_lrs, LambdaLR's lr_lambdas)
+PER_GROUP_SCHEDULER_LISTS = ("base_lrs", "lr_lambdas")
 
 
 def seed_from_environment() -> int:
@@ -86,6 +93,94 @@ def labeled_part(output, n_labeled: int):
 
 def full_resolution(output) -> torch.Tensor:
     return output[0] if isinstance(output, (list, tuple)) else output
+
+
+def add_peer_parameter_group(optimizer, lr_scheduler, network_b: torch.nn.Module, num_epochs: int,
+                             trainer: str) -> None:
+    """Adds network B's parameters, as a second group, to the optimiser and schedule built for network A.
+
+    The pair is whatever the trainer's ``configure_optimizers`` returned for A (nnU-Net's SGD with the
+    poly schedule, or a mixed-in variant's: AdamW, cosine annealing, ...); it is extended in place, not
+    rebuilt, so B gets A's optimiser type and hyperparameters. B's group copies every setting of A's
+    group (lr, ``initial_lr``, momentum, betas, weight decay, ...). A scheduler either sets every group's
+    lr (nnU-Net's ``PolyLRScheduler``) or keeps one entry per group captured at construction
+    (``base_lrs``, LambdaLR's ``lr_lambdas``); those lists get A's entry for B, so B is scheduled as A.
+    A dry run of the whole schedule checks that, and anything that cannot be extended is refused.
+
+    Args:
+        optimizer, lr_scheduler: the pair of ``configure_optimizers``, one parameter group (A's).
+        network_b: the plain module (not DDP- or compile-wrapped; the parameters are the same).
+        num_epochs: the schedule's length, for the dry run.
+        trainer: names the trainer and the class whose ``configure_optimizers`` built the pair, in errors.
+
+    Raises:
+        TypeError: the pair is not a ``torch.optim.Optimizer`` and an ``LRScheduler`` of it.
+        ValueError: A has several groups (B, another architecture, has no counterpart of each), or the
+            scheduler does not give both groups the same lr at every epoch.
+    """
+    _check_extensible(optimizer, lr_scheduler, trainer)
+    optimizer.add_param_group(_group_like(optimizer.param_groups[0], network_b))
+    for name in PER_GROUP_SCHEDULER_LISTS:
+        entries = getattr(lr_scheduler, name, None)
+        if isinstance(entries, list) and len(entries) == 1:
+            entries.append(entries[0])
+    _check_same_schedule(lr_scheduler, num_epochs, trainer)
+
+
+def _check_extensible(optimizer, lr_scheduler, trainer: str) -> None:
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise TypeError(f"{trainer} returned a {type(optimizer).__name__} as optimiser, not a torch.optim.Optimizer: "
+                        f"network B cannot be added to it as a parameter group.")
+    if not isinstance(lr_scheduler, LRScheduler) or lr_scheduler.optimizer is not optimizer:
+        raise TypeError(f"{trainer} returned a {type(lr_scheduler).__name__} as learning-rate scheduler, not a "
+                        f"torch LRScheduler of its optimiser: network B's parameter group cannot be scheduled "
+                        f"with network A's.")
+    if len(optimizer.param_groups) != 1:
+        raise ValueError(f"{trainer} builds {len(optimizer.param_groups)} parameter groups for network A; network "
+                         f"B (its own architecture) has no counterpart of each. Use one group.")
+
+
+def _group_like(group_a: dict, network_b: torch.nn.Module) -> dict:
+    """A parameter group of B's parameters with every setting of A's group (names too, if A's has them)."""
+    settings = {key: copy.deepcopy(value) for key, value in group_a.items() if key not in ("params", "param_names")}
+    if "param_names" in group_a:
+        return {**settings, "params": [("network_b." + n, p) for n, p in network_b.named_parameters()]}
+    return {**settings, "params": list(network_b.parameters())}
+
+
+def _check_same_schedule(lr_scheduler, num_epochs: int, trainer: str) -> None:
+    """Steps a copy of the scheduler as nnU-Net does (``step(epoch)`` at each epoch's start) and requires
+    every group's lr to equal A's throughout. The copy shares the parameter tensors (the deep copy's
+    memo maps each to itself), so it costs the group dictionaries, not a copy of the networks."""
+    parameters = {id(p): p for group in lr_scheduler.optimizer.param_groups for p in group["params"]}
+    probe = copy.deepcopy(lr_scheduler, memo=parameters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's notes on the epoch argument and on step() before optimizer.step()
+        for epoch in range(num_epochs):
+            try:
+                probe.step(epoch)
+            except (ValueError, IndexError) as error:
+                raise ValueError(f"{trainer}: its {type(lr_scheduler).__name__} cannot step with network B's "
+                                 f"parameter group added ({error}).") from error
+            lrs = [group["lr"] for group in probe.optimizer.param_groups]
+            if any(bool(lr != lrs[0]) for lr in lrs[1:]):
+                raise ValueError(f"{trainer}: its {type(lr_scheduler).__name__} gives network B's parameter group "
+                                 f"lr {lrs[1]} but network A's {lrs[0]} at epoch {epoch}: it does not schedule an "
+                                 f"added group as the first one.")
+
+
+def split_single_group_state(state_dict: dict, group_sizes: list[int]) -> dict | None:
+    """An optimiser state of one group over A's parameters followed by B's (nnunet_ccesemi <= 0.2 built
+    that SGD itself), as the two groups A and B have now; None for any other state (loaded as it is).
+
+    The per-parameter state keeps its keys: a state dict numbers parameters across groups in order.
+    """
+    groups = state_dict["param_groups"]
+    if len(groups) != 1 or len(group_sizes) != 2 or len(groups[0]["params"]) != sum(group_sizes):
+        return None
+    (group,) = groups
+    params_a, params_b = group["params"][:group_sizes[0]], group["params"][group_sizes[0]:]
+    return {**state_dict, "param_groups": [{**group, "params": params_a}, {**group, "params": params_b}]}
 
 
 class nnUNetTrainerDualNetwork(nnUNetTrainer):
@@ -135,8 +230,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if self.is_ddp:
             network_b = DDP(torch.nn.SyncBatchNorm.convert_sync_batchnorm(network_b), device_ids=[self.local_rank])
         self.network_b = network_b
-        # super() built the optimiser over A alone; one optimiser over both keeps nnU-Net's schedule
-        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+        self._add_network_b_to_optimizer()
         self.objective = DualNetworkObjective(config, self.label_manager.num_segmentation_heads,
                                               ignore_index=self.label_manager.ignore_label).to(self.device)
         self.objective_step = (CompiledWithEagerFallback(self.objective, self.print_to_log_file)
@@ -153,14 +247,14 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         """Compile the objective where nnU-Net compiles the networks (CUDA, ``nnUNet_compile`` not off)."""
         return self._do_i_compile()
 
-    def configure_optimizers(self):
-        optimizer, lr_scheduler = super().configure_optimizers()
-        if self.network_b is None:
-            return optimizer, lr_scheduler
-        parameters = list(self.network.parameters()) + list(self.network_b.parameters())
-        optimizer = torch.optim.SGD(parameters, self.initial_lr, weight_decay=self.weight_decay, momentum=0.99,
-                                    nesterov=True)
-        return optimizer, type(lr_scheduler)(optimizer, self.initial_lr, self.num_epochs)
+    def _add_network_b_to_optimizer(self) -> None:
+        """B joins the optimiser and schedule that nnU-Net's ``initialize`` got from ``configure_optimizers``
+        for A. Extending that pair here, rather than overriding ``configure_optimizers``, works in either
+        order of a mixed-in variant (``class T(nnUNetTrainerAdam, nnUNetTrainerCCE)`` resolves to Adam's
+        method, which does not call ``super()``)."""
+        owner = next(c.__name__ for c in type(self).__mro__ if "configure_optimizers" in vars(c))
+        add_peer_parameter_group(self.optimizer, self.lr_scheduler, unwrap(self.network_b), self.num_epochs,
+                                 f"{type(self).__name__} (configure_optimizers of {owner})")
 
     def set_deep_supervision_enabled(self, enabled: bool):
         super().set_deep_supervision_enabled(enabled)
@@ -226,13 +320,11 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self._iteration_in_epoch = 0
 
     def _ramp_weights(self) -> tuple[float, float]:
-        """λ_u(t) and λ_c(t) of METHOD.md §2.7 at the current iteration."""
-        total = self.num_epochs * self.num_iterations_per_epoch
+        """λ_u(t) and λ_c(t) of METHOD.md §2.7 at the current iteration t of num_epochs x iterations."""
         step = self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
         config = self.method_config
-        unsup_weight = sigmoid_rampup(step, config.unsupervised_rampup_fraction * total)
-        contrast_weight = contrast_rampup(step, total, config.contrast_weight) if config.contrast_weight > 0 else 0.0
-        return unsup_weight, contrast_weight
+        return ramp_weights(step, self.num_epochs * self.num_iterations_per_epoch,
+                            config.unsupervised_rampup_fraction, config.contrast_weight)
 
     def train_step(self, batch: dict) -> dict:
         wait_started = perf_counter()
@@ -383,8 +475,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     def _ramp_up_finished_before_epoch(self) -> bool:
         """Whether the unlabelled terms were at full weight for the whole of the current epoch."""
-        ramp_iterations = (self.method_config.unsupervised_rampup_fraction * self.num_epochs
-                           * self.num_iterations_per_epoch)
+        ramp_iterations = unsupervised_rampup_length(self.num_epochs * self.num_iterations_per_epoch,
+                                                     self.method_config.unsupervised_rampup_fraction)
         return self.current_epoch * self.num_iterations_per_epoch >= ramp_iterations
 
     def _mean_over_ranks(self, values) -> float:
@@ -486,7 +578,14 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
         check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
         check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__)
-        super().load_checkpoint(filename_or_checkpoint)  # network A, optimiser, scaler, logger, epoch
+        # nnunet_ccesemi <= 0.2 saved one parameter group over both networks: split it as A's and B's
+        group_sizes = [len(group["params"]) for group in self.optimizer.param_groups]
+        handle = self.optimizer.register_load_state_dict_pre_hook(
+            lambda optimizer, state: split_single_group_state(state, group_sizes))
+        try:
+            super().load_checkpoint(filename_or_checkpoint)  # network A, optimiser, scaler, logger, epoch
+        finally:
+            handle.remove()
         unwrap(self.network_b).load_state_dict(
             {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})
         if checkpoint.get("objective_state") is not None:

@@ -1,0 +1,271 @@
+"""The dual-network trainer without data: its optimiser with nnU-Net's optimiser and schedule variants
+mixed in, the optimiser's checkpoint, and the ramp weights of its steps.
+
+Trainers here are initialised (both networks, optimiser, loss) from a hand-written tiny 2D plan; nothing
+is preprocessed or loaded, so each test takes about a second instead of the planned dataset's minutes.
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+from nnunetv2.training.nnUNetTrainer.variants.lr_schedule.nnUNetTrainerCosAnneal import nnUNetTrainerCosAnneal
+from nnunetv2.training.nnUNetTrainer.variants.optimizer.nnUNetTrainerAdam import (nnUNetTrainerAdam,
+                                                                                   nnUNetTrainerVanillaAdam)
+from torch.optim.lr_scheduler import CosineAnnealingLR, CyclicLR, ExponentialLR, LambdaLR, LRScheduler, StepLR
+
+from nnunet_ccesemi.trainers import nnUNetTrainerCCE_5epochs, nnUNetTrainerCPS_5epochs
+from nnunet_ccesemi.training.dual_network_trainer import add_peer_parameter_group, split_single_group_state
+from nnunet_ccesemi.training.networks import unwrap
+
+DATASET_NAME = "Dataset999_Unit"
+DATASET_JSON = {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "organ": 1}, "numTraining": 2,
+                "file_ending": ".nii.gz"}
+TINY_2D = {
+    "data_identifier": "nnUNetPlans_2d", "preprocessor_name": "DefaultPreprocessor", "batch_size": 2,
+    "patch_size": [16, 16], "median_image_size_in_voxels": [16, 16], "spacing": [1.0, 1.0],
+    "normalization_schemes": ["ZScoreNormalization"], "use_mask_for_norm": [False], "batch_dice": True,
+    "architecture": {
+        "network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+        "arch_kwargs": {
+            "n_stages": 3, "features_per_stage": [4, 8, 16], "conv_op": "torch.nn.modules.conv.Conv2d",
+            "kernel_sizes": [[3, 3]] * 3, "strides": [[1, 1], [2, 2], [2, 2]], "n_conv_per_stage": [1, 1, 1],
+            "n_conv_per_stage_decoder": [1, 1], "conv_bias": True,
+            "norm_op": "torch.nn.modules.instancenorm.InstanceNorm2d", "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+            "dropout_op": None, "dropout_op_kwargs": None, "nonlin": "torch.nn.LeakyReLU",
+            "nonlin_kwargs": {"inplace": True}},
+        "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+}
+PLANS = {"dataset_name": DATASET_NAME, "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1.0, 1.0],
+         "original_median_shape_after_transp": [16, 16], "image_reader_writer": "SimpleITKIO",
+         "transpose_forward": [0, 1], "transpose_backward": [0, 1], "configurations": {"2d": TINY_2D},
+         "experiment_planner_used": "ExperimentPlanner", "label_manager": "LabelManager",
+         "foreground_intensity_properties_per_channel": {}}
+
+
+# How users combine our trainers with nnU-Net's variants, in both orders of the bases.
+class nnUNetTrainerAdam_CPS_5epochs(nnUNetTrainerAdam, nnUNetTrainerCPS_5epochs):
+    """The variant first: the MRO resolves to its configure_optimizers, which calls no super()."""
+
+
+class nnUNetTrainerCPS_5epochs_CosAnneal(nnUNetTrainerCPS_5epochs, nnUNetTrainerCosAnneal):
+    """Ours first: nnU-Net's initialize reaches the variant's configure_optimizers through the MRO."""
+
+
+class nnUNetTrainerCCE_5epochs_VanillaAdam(nnUNetTrainerCCE_5epochs, nnUNetTrainerVanillaAdam):
+    pass
+
+
+class nnUNetTrainerCPS_5epochs_TwoGroups(nnUNetTrainerCPS_5epochs):
+    """A variant with its own lr for A's decoder: B, another architecture, has no counterpart of the groups."""
+
+    def configure_optimizers(self):
+        encoder = list(self.network.encoder.parameters())
+        decoder = [p for p in self.network.parameters() if all(p is not q for q in encoder)]
+        optimizer = torch.optim.SGD([{"params": encoder}, {"params": decoder, "lr": self.initial_lr / 10}],
+                                    self.initial_lr, momentum=0.99, nesterov=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+
+def poly(epoch: int, epochs: int, initial_lr: float = 1e-2) -> float:
+    return initial_lr * (1 - epoch / epochs) ** 0.9
+
+
+def cosine(epoch: int, epochs: int, initial_lr: float = 1e-2) -> float:
+    return initial_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+@pytest.fixture
+def nnunet_folders(tmp_path, monkeypatch):
+    """nnU-Net's three folders in tmp_path; the preprocessed one holds a single empty ``.b2nd`` file,
+    all that ``initialize`` reads (it infers the dataset class from the file endings)."""
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    data = tmp_path / "nnUNet_preprocessed" / DATASET_NAME / TINY_2D["data_identifier"]
+    data.mkdir(parents=True)
+    (data / "case_000.b2nd").touch()
+    return tmp_path
+
+
+def initialized(trainer_class):
+    trainer = trainer_class(plans={**copy.deepcopy(PLANS), "continue_training": False}, configuration="2d", fold=0,
+                            dataset_json=DATASET_JSON, device=torch.device("cpu"))
+    trainer.initialize()
+    return trainer
+
+
+def learning_rates_per_epoch(trainer) -> list[list[float]]:
+    """Each group's lr after nnU-Net's per-epoch hook (which steps the scheduler), for every epoch."""
+    rates = []
+    for epoch in range(trainer.num_epochs):
+        trainer.current_epoch = epoch
+        trainer.on_train_epoch_start()
+        rates.append([group["lr"] for group in trainer.optimizer.param_groups])
+    return rates
+
+
+# ---------------------------------------------------------------- optimiser and schedule variants
+@pytest.mark.parametrize("trainer_class, optimizer_class, schedule", [
+    (nnUNetTrainerCPS_5epochs, torch.optim.SGD, poly),
+    (nnUNetTrainerAdam_CPS_5epochs, torch.optim.AdamW, poly),
+    (nnUNetTrainerCPS_5epochs_CosAnneal, torch.optim.SGD, cosine),
+    (nnUNetTrainerCCE_5epochs_VanillaAdam, torch.optim.Adam, poly),
+])
+def test_network_b_joins_the_variants_optimiser_and_schedule(nnunet_folders, trainer_class, optimizer_class,
+                                                             schedule):
+    trainer = initialized(trainer_class)
+    optimizer = trainer.optimizer
+    assert type(optimizer) is optimizer_class
+    group_a, group_b = optimizer.param_groups
+    assert group_a["params"] == list(unwrap(trainer.network).parameters())
+    assert group_b["params"] == list(unwrap(trainer.network_b).parameters())
+    assert {k: v for k, v in group_b.items() if k != "params"} == {k: v for k, v in group_a.items() if k != "params"}
+
+    rates = learning_rates_per_epoch(trainer)
+    expected = [schedule(epoch, trainer.num_epochs) for epoch in range(trainer.num_epochs)]
+    assert [lr_a for lr_a, _ in rates] == pytest.approx(expected, rel=1e-12)
+    assert [lr_b for _, lr_b in rates] == [lr_a for lr_a, _ in rates]
+    assert len(set(expected)) == trainer.num_epochs  # the schedule moves: equal rates are no accident
+
+    before = [p.detach().clone() for p in group_b["params"]]
+    for p in group_a["params"] + group_b["params"]:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    assert all(not torch.equal(p, old) for p, old in zip(group_b["params"], before))
+
+
+def test_a_variant_with_several_groups_is_refused_by_name(nnunet_folders):
+    with pytest.raises(ValueError, match=r"^nnUNetTrainerCPS_5epochs_TwoGroups \(configure_optimizers of "
+                                         r"nnUNetTrainerCPS_5epochs_TwoGroups\) builds 2 parameter groups"):
+        initialized(nnUNetTrainerCPS_5epochs_TwoGroups)
+
+
+# ---------------------------------------------------------------- add_peer_parameter_group on its own
+def _pair(make_scheduler, network: torch.nn.Module):
+    optimizer = torch.optim.SGD(network.parameters(), 1e-2, momentum=0.99, nesterov=True, weight_decay=3e-5)
+    return optimizer, make_scheduler(optimizer)
+
+
+SCHEDULERS = {
+    "poly (nnU-Net)": lambda optimizer: PolyLRScheduler(optimizer, 1e-2, 20),
+    "cosine": lambda optimizer: CosineAnnealingLR(optimizer, T_max=20),
+    "lambda": lambda optimizer: LambdaLR(optimizer, lambda epoch: 1 / (1 + epoch)),
+    "step": lambda optimizer: StepLR(optimizer, step_size=3, gamma=0.5),
+    "exponential": lambda optimizer: ExponentialLR(optimizer, gamma=0.9),
+}
+
+
+@pytest.mark.parametrize("make_scheduler", SCHEDULERS.values(), ids=SCHEDULERS.keys())
+def test_added_group_follows_the_first_and_leaves_its_schedule_as_it_was(make_scheduler):
+    torch.manual_seed(0)
+    network_a, network_b = torch.nn.Linear(3, 2), torch.nn.Linear(4, 1)
+    optimizer, scheduler = _pair(make_scheduler, network_a)
+    alone, alone_scheduler = _pair(make_scheduler, copy.deepcopy(network_a))
+    add_peer_parameter_group(optimizer, scheduler, network_b, 20, "T")
+    for epoch in range(20):  # as nnU-Net: step(epoch) at the start of every epoch
+        scheduler.step(epoch)
+        alone_scheduler.step(epoch)
+        lr_a, lr_b = (group["lr"] for group in optimizer.param_groups)
+        assert lr_a == lr_b == alone.param_groups[0]["lr"], epoch
+
+
+class FirstGroupOnly(LRScheduler):
+    """A scheduler written for one group: it halves the first group's lr and leaves the others alone."""
+
+    def step(self, epoch=None):
+        self.optimizer.param_groups[0]["lr"] = 1e-2 * 0.5 ** (epoch or 0)
+
+
+@pytest.mark.parametrize("make_pair, error, message", [
+    (lambda net: (object(), None), TypeError, r"^T returned a object as optimiser, not a torch.optim.Optimizer"),
+    (lambda net: _pair(lambda o: "poly", net), TypeError, r"^T returned a str as learning-rate scheduler"),
+    (lambda net: (_pair(SCHEDULERS["cosine"], net)[0], _pair(SCHEDULERS["cosine"], net)[1]), TypeError,
+     r"not a torch LRScheduler of its optimiser"),
+    (lambda net: _pair(FirstGroupOnly, net), ValueError,
+     r"^T: its FirstGroupOnly gives network B's parameter group lr 0.01 but network A's 0.005 at epoch 1: it does "
+     r"not schedule an added group as the first one"),
+    (lambda net: _pair(lambda o: CyclicLR(o, 1e-3, 1e-2), net), ValueError,
+     r"^T: its CyclicLR cannot step with network B's parameter group added"),
+])
+def test_pairs_that_cannot_take_network_b_are_refused(make_pair, error, message):
+    optimizer, scheduler = make_pair(torch.nn.Linear(3, 2))
+    with pytest.raises(error, match=message):
+        add_peer_parameter_group(optimizer, scheduler, torch.nn.Linear(4, 1), 5, "T")
+
+
+# ---------------------------------------------------------------- the optimiser in checkpoints
+def assert_same_optimizer_state(saved: dict, restored: dict) -> None:
+    assert restored["param_groups"] == saved["param_groups"]
+    assert restored["state"].keys() == saved["state"].keys()
+    for index, state in saved["state"].items():
+        for key, value in state.items():
+            assert torch.equal(torch.as_tensor(restored["state"][index][key]), torch.as_tensor(value)), (index, key)
+
+
+def _stepped(trainer):
+    """One optimiser step with non-zero gradients, so that every parameter has momentum/moment state."""
+    for network in (trainer.network, trainer.network_b):
+        for p in network.parameters():
+            p.grad = torch.randn_like(p)
+    trainer.optimizer.step()
+    return trainer
+
+
+@pytest.mark.parametrize("trainer_class", [nnUNetTrainerCPS_5epochs, nnUNetTrainerAdam_CPS_5epochs])
+def test_optimizer_state_round_trips_through_the_checkpoint(nnunet_folders, tmp_path, trainer_class):
+    trainer = _stepped(initialized(trainer_class))
+    trainer.save_checkpoint(str(tmp_path / "checkpoint.pth"))
+    restored = trainer_class(plans={**copy.deepcopy(PLANS), "continue_training": False}, configuration="2d",
+                             fold=0, dataset_json=DATASET_JSON, device=torch.device("cpu"))
+    restored.load_checkpoint(str(tmp_path / "checkpoint.pth"))
+    assert len(restored.optimizer.param_groups) == 2
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), restored.optimizer.state_dict())
+
+
+def test_single_group_optimizer_state_of_older_versions_is_split_on_load(nnunet_folders, tmp_path):
+    """nnunet_ccesemi <= 0.2 built one SGD group over A's parameters followed by B's."""
+    trainer = _stepped(initialized(nnUNetTrainerCPS_5epochs))
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    group_a, group_b = checkpoint["optimizer_state"]["param_groups"]
+    checkpoint["optimizer_state"]["param_groups"] = [{**group_a, "params": group_a["params"] + group_b["params"]}]
+    torch.save(checkpoint, path)
+
+    restored = initialized(nnUNetTrainerCPS_5epochs)
+    restored.load_checkpoint(path)
+    assert_same_optimizer_state(trainer.optimizer.state_dict(), restored.optimizer.state_dict())
+    assert restored.optimizer._optimizer_load_state_dict_pre_hooks == {}  # the converter is gone after loading
+
+
+def test_split_single_group_state_leaves_other_states_alone():
+    group = {"lr": 0.01, "momentum": 0.99, "params": [0, 1, 2, 3, 4]}
+    state = {"state": {0: {"momentum_buffer": torch.ones(1)}, 4: {"momentum_buffer": torch.zeros(1)}},
+             "param_groups": [group]}
+    split = split_single_group_state(state, [2, 3])
+    assert split["param_groups"] == [{**group, "params": [0, 1]}, {**group, "params": [2, 3, 4]}]
+    assert split["state"] is state["state"]
+    assert split_single_group_state(state, [2, 2]) is None  # not A's and B's parameters: loaded as it is
+    two_groups = {"state": {}, "param_groups": [{**group, "params": [0, 1]}, {**group, "params": [2, 3, 4]}]}
+    assert split_single_group_state(two_groups, [2, 3]) is None
+
+
+# ---------------------------------------------------------------- ramp weights of the steps
+@pytest.mark.parametrize("trainer_class, epoch, iteration, unsup_weight, contrast_weight, ramped_up", [
+    # 5 epochs x 50 iterations: λ_u ramps over 0.1 * 250 = 25 iterations, λ_c over all 250 to 0.1
+    (nnUNetTrainerCCE_5epochs, 0, 0, math.exp(-5), 0.1 * math.exp(-5), False),
+    (nnUNetTrainerCCE_5epochs, 0, 10, math.exp(-5 * 0.6 ** 2), 0.1 * math.exp(-5 * 0.96 ** 2), False),
+    (nnUNetTrainerCCE_5epochs, 1, 0, 1.0, 0.1 * math.exp(-5 * 0.8 ** 2), True),
+    (nnUNetTrainerCCE_5epochs, 4, 49, 1.0, 0.1 * math.exp(-5 * (1 / 250) ** 2), True),
+    (nnUNetTrainerCPS_5epochs, 0, 10, math.exp(-5 * 0.6 ** 2), 0.0, False),  # CPS: no contrast term
+])
+def test_ramp_weights_of_the_current_iteration(nnunet_folders, trainer_class, epoch, iteration, unsup_weight,
+                                               contrast_weight, ramped_up):
+    trainer = trainer_class(plans={**copy.deepcopy(PLANS), "continue_training": False}, configuration="2d", fold=0,
+                            dataset_json=DATASET_JSON, device=torch.device("cpu"))
+    trainer.current_epoch, trainer._iteration_in_epoch = epoch, iteration
+    assert trainer._ramp_weights() == pytest.approx((unsup_weight, contrast_weight), rel=1e-12)
+    assert trainer._ramp_up_finished_before_epoch() is ramped_up
