@@ -87,7 +87,7 @@ def _rank(planned, *extra, check=True):
 
 
 def _read_csv(path):
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         lines = f.read().splitlines()
     comments = [line for line in lines if line.startswith("#")]
     rows = list(csv.DictReader(line for line in lines if not line.startswith("#")))

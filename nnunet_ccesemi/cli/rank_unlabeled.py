@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_ranking(path: str, scores_by_case: dict[str, dict], order: list[str], header: list[str]) -> None:
-    """The CSV: ``#`` comment lines, then one row per case in ``order``."""
+    """The CSV (UTF-8): ``#`` comment lines, then one row per case in ``order``."""
     from nnunet_ccesemi.atomic import atomic_path
 
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         for line in header:
             f.write(f"# {line}\n")
         writer = csv.writer(f)
