@@ -55,8 +55,7 @@ def main() -> None:
     from nnunet_ccesemi.dataset_conversion.convert_LA import read_h5_case
     from nnunet_ccesemi.evaluation.metrics import dice
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
-    from nnunet_ccesemi.inference.ranking import SCORES, score_case
-    from nnunet_ccesemi.cli.rank_unlabeled import network_grid_spacing
+    from nnunet_ccesemi.inference.ranking import SCORES, network_grid_spacing, score_case
 
     torch.set_num_threads(os.cpu_count() or 1)
     model_folder = get_output_folder(args.d, args.tr, "nnUNetPlans", args.c)

@@ -16,7 +16,7 @@ import sys
 import time
 from os.path import join
 
-from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, rank, score_case
+from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, network_grid_spacing, rank, score_case
 
 COLUMNS = ("rank", "case", *SCORES, "foreground_voxels", "empty_foreground")
 
@@ -159,13 +159,6 @@ def main(argv=None) -> None:
     write_ranking(csv_path, scores_by_case, order, header)
     print_top(scores_by_case, order, args.score, args.top)
     print(f"Wrote {csv_path}" + (f" and the maps into {maps_folder}" if maps_folder else ""))
-
-
-def network_grid_spacing(properties: dict, configuration_spacing, transpose_forward) -> list[float]:
-    """Voxel spacing (mm) of the grid the networks predict on; a 2D configuration keeps the slice spacing."""
-    spacing = list(configuration_spacing)
-    original = [properties["spacing"][i] for i in transpose_forward]
-    return spacing if len(spacing) == len(original) else [original[0], *spacing]
 
 
 if __name__ == "__main__":

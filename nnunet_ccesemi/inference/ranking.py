@@ -74,3 +74,10 @@ def rank(scores_by_case: dict[str, dict], score: str = DEFAULT_SCORE) -> list[st
         raise ValueError(f"unknown score {score!r}; choose one of {', '.join(SCORES)}")
     sign = -1.0 if SCORES[score].higher_is_more_informative else 1.0
     return sorted(scores_by_case, key=lambda case: (sign * scores_by_case[case][score], case))
+
+
+def network_grid_spacing(properties: dict, configuration_spacing, transpose_forward) -> list[float]:
+    """Voxel spacing (mm) of the grid the networks predict on; a 2D configuration keeps the slice spacing."""
+    spacing = list(configuration_spacing)
+    original = [properties["spacing"][i] for i in transpose_forward]
+    return spacing if len(spacing) == len(original) else [original[0], *spacing]
