@@ -10,6 +10,12 @@ random tensors and nnU-Net's Dice+CE (what any dual-network step must pay), meas
 Prints one line per trainer: mean and median seconds per iteration, the ratio to the first trainer
 and to the floor, the unlabelled-batch wait, and peak memory (CPU RSS; CUDA max allocated). Each row
 runs in its own fresh process, so every peak belongs to its row alone.
+
+On a region dataset (BraTS's regions), ``TRAINER@labels`` builds the trainer with each label value as
+its own class instead of the regions (same data, patch and network; softmax over the label values
+instead of one sigmoid per region), the row that regions are compared with:
+
+    python benchmarks/step_time.py -d 778 -c 3d_cpu --trainers nnUNetTrainerCCE@labels nnUNetTrainerCCE --no-floor
 """
 from __future__ import annotations
 
@@ -43,9 +49,24 @@ def build_trainer(name: str, dataset: str, configuration: str, plans_identifier:
 
     plans, dataset_json, _ = load_plans(dataset, plans_identifier)
     plans["continue_training"] = False  # nnUNetTrainer.__init__ pops it
+    name, _, variant = name.partition("@")
+    if variant == "labels":
+        dataset_json = labels_instead_of_regions(dataset_json)
+    elif variant:
+        raise ValueError(f"unknown row variant @{variant} (only @labels)")
     trainer_class = recursive_find_trainer_class_by_name(name)
     return trainer_class(plans=plans, configuration=configuration, fold="all", dataset_json=dataset_json,
                          device=device)
+
+
+def labels_instead_of_regions(dataset_json: dict) -> dict:
+    """The dataset.json with every label value of its regions as a class of its own (no regions)."""
+    values = sorted({int(v) for value in dataset_json["labels"].values()
+                     for v in (value if isinstance(value, (list, tuple)) else [value])})
+    if "regions_class_order" not in dataset_json:
+        raise ValueError("@labels needs a region dataset (dataset.json with regions_class_order)")
+    labels = {("background" if v == 0 else f"label {v}"): v for v in values}
+    return {**{k: v for k, v in dataset_json.items() if k != "regions_class_order"}, "labels": labels}
 
 
 def synchronize(device: torch.device) -> None:

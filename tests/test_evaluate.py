@@ -381,3 +381,236 @@ def test_la_eval_wrapper_keeps_its_line(folders, capsys):
     dice_min = min(c["metrics"]["1"]["Dice"] for c in summary["metric_per_case"])
     assert line == (f"{'ROW':<34} n= 3  Dice {100 * mean['Dice']:6.2f}  Jaccard {100 * mean['Jaccard']:6.2f}  "
                     f"95HD {mean['HD95']:6.2f}  ASD {mean['ASD']:5.2f}  (per-case Dice min {100 * dice_min:.1f})")
+
+
+# ---------------------------------------------------------------- nnU-Net regions
+
+REGION_DATASET_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3}
+
+#                     x: 0  1  2  3  4  5  6  7  8  9 10 11 12 13 14 15
+REGION_REFERENCE_ROW = [0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 0, 0, 0, 0, 0, 0]
+REGION_PREDICTION_ROW = [0, 0, 0, 1, 1, 1, 2, 3, 3, 3, 2, 2, 0, 0, 3, 0]  # x = 14: an island of label 3
+# By hand, from the rows (every voxel row of the volume is the same, so counts scale and Dice does not):
+#   (1, 2, 3): reference x 2-9 (8), prediction x 3-11 and 14 (10), overlap x 3-9 (7): 14/18;
+#              largest component x 3-11 (9): 14/17
+#   (2, 3):    reference x 5-9 (5), prediction x 6-11 and 14 (7), overlap x 6-9 (4): 8/12; largest x 6-11: 8/11
+#   (3,) = 3:  reference x 8-9 (2), prediction x 7-9 and 14 (4), overlap 2: 4/6; largest x 7-9: 4/5
+#   label 1:   reference x 2-4, prediction x 3-5, overlap 2: 4/6;  label 2: reference x 5-7, prediction
+#              x 6, 10, 11, overlap 1: 2/6 (with --lcc label 2 keeps x 10-11 alone: 0)
+REGION_DICE = {"(1, 2, 3)": 14 / 18, "(2, 3)": 8 / 12, "3": 4 / 6, "1": 4 / 6, "2": 2 / 6}
+REGION_DICE_LCC = {"(1, 2, 3)": 14 / 17, "(2, 3)": 8 / 11, "3": 4 / 5, "1": 4 / 6, "2": 0.0}
+
+
+def region_volume(row) -> np.ndarray:
+    return np.broadcast_to(np.array(row, np.uint8), (2, 3, len(row))).copy()
+
+
+@pytest.fixture
+def region_folders(tmp_path):
+    """A nested 3-label case (BraTS-like: 1 inside 2 inside 3 as regions) and a perfectly predicted one."""
+    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
+    reference_folder.mkdir()
+    prediction_folder.mkdir()
+    reference, prediction = region_volume(REGION_REFERENCE_ROW), region_volume(REGION_PREDICTION_ROW)
+    write(reference_folder / "case_0.nii.gz", reference)
+    write(prediction_folder / "case_0.nii.gz", prediction)
+    write(reference_folder / "case_1.nii.gz", reference)
+    write(prediction_folder / "case_1.nii.gz", reference)
+    return reference_folder, prediction_folder, (reference, prediction)
+
+
+def write_dataset_json(path, labels, **extra):
+    path.write_text(json.dumps({"labels": labels, "file_ending": ".nii.gz", **extra}))
+    return path
+
+
+def region_dataset_json(tmp_path):
+    return write_dataset_json(tmp_path / "dataset.json", REGION_DATASET_LABELS, regions_class_order=[1, 2, 3])
+
+
+@pytest.mark.parametrize("spelling, keys", [
+    (["(1, 2, 3)", "(2,3)", "(3)", "1", "2"], ["(1, 2, 3)", "(2, 3)", "3", "1", "2"]),
+    (["1,2,3", "2,3", "3", "1", "2"], ["(1, 2, 3)", "(2, 3)", "3", "1", "2"]),
+    (["2", "[1, 2, 3]", "(3,)", "(3, 2)", "1"], ["2", "(1, 2, 3)", "3", "(3, 2)", "1"]),  # kept in the order given
+])
+def test_cli_regions_hand_computed(region_folders, tmp_path, capsys, spelling, keys):
+    reference_folder, prediction_folder, (reference, prediction) = region_folders
+    output = tmp_path / "summary.json"
+    out = run_main(["-ref", reference_folder, "-pred", prediction_folder, "-l", *spelling, "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert list(summary["mean"]) == keys and list(summary["n_excluded_empty"]) == keys
+    assert summary["labels"] == [int(k) for k in keys if not k.startswith("(")]
+    assert summary["regions"] == [json.loads(k.replace("(", "[").replace(")", "]")) for k in keys if k.startswith("(")]
+    assert summary["names"] == {} and summary["dataset_json"] is None
+    assert "region_or_label_to_mask" in summary["conventions"]["regions"]
+    case_0, case_1 = summary["metric_per_case"]
+    assert list(case_0["metrics"]) == keys
+    for key in keys:
+        dice_0 = REGION_DICE["(2, 3)" if key == "(3, 2)" else key]
+        assert case_0["metrics"][key]["Dice"] == pytest.approx(dice_0)
+        assert case_1["metrics"][key]["Dice"] == 1.0
+        assert summary["mean"][key]["Dice"] == pytest.approx((dice_0 + 1) / 2)
+        # every metric is medpy's on the region masks (the voxels whose label is in the tuple)
+        values = [int(v) for v in key.strip("()").split(",")]
+        expected = medpy_metrics(np.isin(prediction, values), np.isin(reference, values))
+        for name, value in expected.items():
+            assert case_0["metrics"][key][name] == pytest.approx(value, abs=TOLERANCE), (key, name)
+        assert case_0["metrics"][key]["prediction_voxels"] == np.isin(prediction, values).sum()
+    assert summary["foreground_mean"]["Dice"] == pytest.approx(np.mean([(REGION_DICE[k] + 1) / 2 for k in REGION_DICE]))
+    assert re.search(r"^\(1, 2, 3\) +88\.89 ", out, re.M)  # (14/18 + 1) / 2
+    assert out.splitlines()[0].startswith("label/region")
+
+
+def test_cli_regions_largest_component_of_the_region_mask(region_folders, tmp_path, capsys):
+    reference_folder, prediction_folder, (reference, prediction) = region_folders
+    output = tmp_path / "summary.json"
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "-l", "1,2,3", "2,3", "3", "1", "2", "--lcc",
+              "--units", "mm", "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    case_0 = summary["metric_per_case"][0]["metrics"]
+    for key, dice_value in REGION_DICE_LCC.items():
+        assert case_0[key]["Dice"] == pytest.approx(dice_value), key
+    # not the union of the labels' largest components: label 2's is x 10-11 alone
+    kept = largest_connected_component(np.isin(prediction, (2, 3)))
+    expected = medpy_metrics(kept, np.isin(reference, (2, 3)), SPACING_ZYX)
+    for name, value in expected.items():
+        assert case_0["(2, 3)"][name] == pytest.approx(value, abs=TOLERANCE), name
+
+
+def test_cli_region_names_from_dataset_json(region_folders, tmp_path, capsys):
+    reference_folder, prediction_folder, _ = region_folders
+    dataset_json = region_dataset_json(tmp_path)
+    output = tmp_path / "summary.json"
+    out = run_main(["-ref", reference_folder, "-pred", prediction_folder, "--dataset-json", dataset_json,
+                    "-l", "whole_tumor", "tumor_core", "1", "enhancing_tumor", "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert list(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "1", "3"]
+    assert summary["regions"] == [[1, 2, 3], [2, 3]] and summary["labels"] == [1, 3]
+    assert summary["names"] == {"(1, 2, 3)": "whole_tumor", "(2, 3)": "tumor_core", "3": "enhancing_tumor"}
+    assert summary["dataset_json"] == str(dataset_json)
+    assert summary["metric_per_case"][0]["metrics"]["(2, 3)"]["Dice"] == pytest.approx(REGION_DICE["(2, 3)"])
+    assert re.search(r"^whole_tumor \(1, 2, 3\) +88\.89 ", out, re.M)
+    assert re.search(r"^tumor_core \(2, 3\) ", out, re.M) and re.search(r"^1 +", out, re.M)
+    # a tuple spelled by hand gets the dataset.json's name too; -djfile is nnU-Net's spelling
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "-djfile", dataset_json, "-l", "(2,3)", "2",
+              "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert summary["names"] == {"(2, 3)": "tumor_core"} and list(summary["mean"]) == ["(2, 3)", "2"]
+
+
+def test_cli_defaults_from_dataset_json(region_folders, tmp_path, capsys):
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    reference_folder, prediction_folder, _ = region_folders
+    dataset_json = region_dataset_json(tmp_path)
+    output = tmp_path / "summary.json"
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "--dataset-json", dataset_json, "-o", output],
+             capsys)
+    summary = json.loads(output.read_text())
+    manager = LabelManager(REGION_DATASET_LABELS, [1, 2, 3])
+    assert manager.has_regions
+    assert list(summary["mean"]) == [str(r) for r in manager.foreground_regions] == ["(1, 2, 3)", "(2, 3)", "3"]
+    for key in summary["mean"]:
+        assert summary["mean"][key]["Dice"] == pytest.approx((REGION_DICE[key] + 1) / 2)
+    assert summary["names"] == {"(1, 2, 3)": "whole_tumor", "(2, 3)": "tumor_core", "3": "enhancing_tumor"}
+
+    # a label dataset.json: its foreground labels, also one no reference holds (scored as two empty masks)
+    labels = {"background": 0, "edema": 1, "core": 2, "enhancing": 3, "rare": 4}
+    write_dataset_json(dataset_json, labels)
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "-djfile", dataset_json, "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert list(summary["mean"]) == [str(v) for v in LabelManager(labels, None).foreground_labels] == ["1", "2", "3", "4"]
+    assert summary["regions"] == [] and summary["labels"] == [1, 2, 3, 4]
+    assert summary["mean"]["4"]["Dice"] == 1.0 and summary["mean"]["4"]["n_empty_reference"] == 2
+    # without a dataset.json: the values found in the references, as before
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "-o", output], capsys)
+    assert list(json.loads(output.read_text())["mean"]) == ["1", "2", "3"]
+
+
+BAD_LABELS = [
+    (["-l", "(1, x)"], r"-l '\(1, x\)': malformed region, 'x' is not an int label; expected .*\"\(1, 2, 3\)\""),
+    (["-l", "(1,,2)"], r"-l '\(1,,2\)': malformed region, '' is an empty entry"),
+    (["-l", "(1, 2"], r"-l '\(1, 2': malformed region; expected"),
+    (["-l", "1.5"], r"-l '1\.5': label values are ints, got 1\.5"),
+    (["-l", "(1, 2.5)"], r"-l '\(1, 2\.5\)': malformed region, '2\.5' is not an int label"),
+    (["-l", "-2"], r"-l '-2': label values are ints >= 0, got -2"),
+    (["-l", "(0, 1)"], r"-l '\(0, 1\)': the region \(0, 1\) contains the background 0"),
+    (["-l", "(1, 2, 1)"], r"-l '\(1, 2, 1\)': the region repeats label 1"),
+    (["-l", "(2,3)", "3,2"], r"-l '3,2' and '\(2,3\)' are the same region \(3, 2\) \(a region is a set of labels\)"),
+    (["-l", "3", "(3)"], r"-l '\(3\)' and '3' are the same label 3; give each"),
+    (["-l", "whole_tumor"], r"-l 'whole_tumor' is not a label or region; a name needs --dataset-json FILE"),
+    (["-l", "necrosis", "--dataset-json", "DATASET"],
+     r"-l 'necrosis': no label or region of that name in --dataset-json .*dataset\.json \(it has: background, "
+     r"whole_tumor, tumor_core, enhancing_tumor\)"),
+    (["-l", "whole_tumor", "1,2,3", "-djfile", "DATASET"], r"-l '1,2,3' and 'whole_tumor' are the same region"),
+    (["-l", "(2, 5)", "--dataset-json", "DATASET"],
+     r"-l '\(2, 5\)': 5 is not a label of --dataset-json .*dataset\.json \(its labels: 0, 1, 2, 3\)"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_LABELS, ids=[" ".join(a) for a, _ in BAD_LABELS])
+def test_cli_refuses_bad_labels_before_reading(tmp_path, argv, message):
+    dataset_json = region_dataset_json(tmp_path)
+    argv = [str(dataset_json) if a == "DATASET" else a for a in argv]
+    prediction_folder = tmp_path / "pred"
+    prediction_folder.mkdir()
+    # no reference folder: the labels are refused before any folder or file is looked at
+    with pytest.raises(SystemExit, match="^ERROR: " + message):
+        main(["-ref", str(tmp_path / "no_such_folder"), "-pred", str(prediction_folder), *argv])
+    assert not any(prediction_folder.iterdir())
+
+
+BAD_DATASET_JSONS = [
+    ({"labels": {"background": 0, "edema": "one"}},
+     r'labels\["edema"\] = "one"; expected an int label or a list of int labels'),
+    ({"labels": {"background": 0, "edema": [1, 2.0]}}, r'labels\["edema"\] = \[1, 2\.0\]; expected an int label'),
+    ({"labels": {"background": 0, "edema": 1, "all": [0, 1]}, "regions_class_order": [1, 2]},
+     r'labels\["all"\] = \[0, 1\]: the region \(0, 1\) contains the background 0'),
+    ({"labels": {"background": 0, "whole_tumor": [1, 2, 3], "core": [2, 3]}},
+     r"nnU-Net's LabelManager refuses its labels: .*regions_class_order"),
+    ({"labels": {"edema": 1}}, r"nnU-Net's LabelManager refuses its labels: Background label not declared"),
+    ({"name": "no labels"}, r'no "labels" mapping names to label values'),
+    ("{not json", r"not a JSON file"),
+    (None, r"cannot read it \(No such file or directory\)"),
+]
+
+
+@pytest.mark.parametrize("content, message", BAD_DATASET_JSONS,
+                         ids=["str value", "float value", "background in region", "no regions_class_order",
+                              "no background", "no labels", "not json", "missing"])
+def test_cli_refuses_bad_dataset_json(tmp_path, content, message):
+    dataset_json = tmp_path / "dataset.json"
+    if content is not None:
+        dataset_json.write_text(content if isinstance(content, str) else json.dumps(content))
+    prediction_folder = tmp_path / "pred"
+    prediction_folder.mkdir()
+    with pytest.raises(SystemExit, match=rf"^ERROR: --dataset-json {re.escape(str(dataset_json))}: {message}"):
+        main(["-ref", str(tmp_path / "no_such_folder"), "-pred", str(prediction_folder),
+              "--dataset-json", str(dataset_json)])
+    assert not any(prediction_folder.iterdir())
+
+
+def test_ignore_label_of_dataset_json_is_refused(region_folders, tmp_path):
+    reference_folder, prediction_folder, (reference, _) = region_folders
+    dataset_json = write_dataset_json(tmp_path / "dataset.json",
+                                      {"background": 0, "a": 1, "b": 2, "c": 3, "ignore": 4})
+    with pytest.raises(SystemExit, match=r"ERROR: -l 'ignore': the ignore label of --dataset-json .* cannot be scored"):
+        main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "--dataset-json", str(dataset_json),
+              "-l", "ignore"])
+    summary = evaluate_folders(str(reference_folder), str(prediction_folder), dataset_json=dataset_json)
+    assert summary["labels"] == [1, 2, 3]  # the ignore label is no foreground label, as in nnU-Net
+    partly_ignored = reference.copy()
+    partly_ignored[0, 0, 0] = 4
+    write(reference_folder / "case_1.nii.gz", partly_ignored)
+    with pytest.raises(EvaluationError, match=r"the reference .*labels/case_1\.nii\.gz holds the ignore label 4"):
+        evaluate_folders(str(reference_folder), str(prediction_folder), dataset_json=dataset_json)
+
+
+def test_library_takes_tuples_and_names(region_folders, tmp_path):
+    reference_folder, prediction_folder, _ = region_folders
+    summary = evaluate_folders(str(reference_folder), str(prediction_folder), labels=[(1, 2, 3), [2, 3], 1],
+                               dataset_json=region_dataset_json(tmp_path))
+    assert list(summary["mean"]) == ["(1, 2, 3)", "(2, 3)", "1"]
+    assert summary["mean"]["(2, 3)"]["Dice"] == pytest.approx((REGION_DICE["(2, 3)"] + 1) / 2)
+    with pytest.raises(EvaluationError, match=r"-l \(1, 0\): the region \(1, 0\) contains the background 0"):
+        evaluate_folders(str(reference_folder), str(prediction_folder), labels=[(1, 0)])

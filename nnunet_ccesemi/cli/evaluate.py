@@ -1,6 +1,7 @@
 """``nnUNetv2_ccesemi_evaluate``: Dice, Jaccard, 95HD, ASD and ASSD of a prediction folder, as the papers report them.
 
-    nnUNetv2_ccesemi_evaluate -ref LABELS_DIR -pred PRED_DIR [-l 1 2] [--units voxel|mm] [--lcc]
+    nnUNetv2_ccesemi_evaluate -ref LABELS_DIR -pred PRED_DIR [-l 1 2 "(1, 2, 3)" 2,3 whole_tumor ...]
+                              [--dataset-json dataset.json] [--units voxel|mm] [--lcc]
                               [--empty-convention nan|zero] [-o summary.json]
 
 The definitions are medpy's (:mod:`nnunet_ccesemi.evaluation.metrics`); the folder evaluation is
@@ -10,6 +11,12 @@ UA-MT/DTC/MC-Net/BCP/CCE tables; ``--units mm`` uses the reference's spacing. ``
 largest connected component of each predicted label first (DTC, SS-Net and BCP do; UA-MT, MC-Net and
 CCE do not). The summary JSON records the units, the post-processing, the empty-mask convention and
 the command line next to per-case and mean values; undefined values (NaN) are written as ``null``.
+
+``-l`` takes labels, nnU-Net regions (tuples of labels: ``"(1, 2, 3)"``, ``"(2,3)"`` or ``1,2,3``;
+scored on the voxels whose label is in the tuple, keyed ``"(1, 2, 3)"`` as nnU-Net's own summary) and
+names of a dataset.json's ``labels`` (``whole_tumor``, with ``--dataset-json``). With ``--dataset-json``
+and no ``-l``, the dataset's foreground regions (region datasets) or foreground labels are scored, as
+nnU-Net's evaluator does; without either, every foreground value found in the references.
 """
 from __future__ import annotations
 
@@ -33,13 +40,19 @@ def main(argv=None) -> None:
                     "semi-supervised segmentation papers report them.")
     parser.add_argument("-ref", required=True, help="folder of reference segmentations")
     parser.add_argument("-pred", required=True, help="folder of predicted segmentations (same file names)")
-    parser.add_argument("-l", nargs="+", type=int, default=None,
-                        help="labels to score (default: every foreground value found in the references)")
+    parser.add_argument("-l", nargs="+", default=None, metavar="LABEL_OR_REGION",
+                        help="labels (2), nnU-Net regions as tuples of labels (\"(1, 2, 3)\", \"(2,3)\" or 1,2,3: "
+                             "the voxels whose label is in the tuple) or names of --dataset-json's labels "
+                             "(whole_tumor), mixed freely (default: the dataset.json's foreground regions or "
+                             "labels; without --dataset-json every foreground value found in the references)")
+    parser.add_argument("--dataset-json", "-djfile", dest="dataset_json", default=None, metavar="FILE",
+                        help="nnU-Net dataset.json whose labels (names, regions, regions_class_order) -l may name "
+                             "and which gives the default labels or regions")
     parser.add_argument("--units", choices=UNITS, default="voxel",
                         help="distances in voxels (default, as the papers) or in mm (reference spacing)")
     parser.add_argument("--lcc", action="store_true",
-                        help="keep only the largest connected component of each predicted label before scoring "
-                             "(DTC, SS-Net, BCP do; UA-MT, MC-Net, CCE do not)")
+                        help="keep only the largest connected component of each predicted label (of a region: "
+                             "of its mask) before scoring (DTC, SS-Net, BCP do; UA-MT, MC-Net, CCE do not)")
     parser.add_argument("--empty-convention", choices=EMPTY_CONVENTIONS, default="nan",
                         help="distances when the prediction or reference is empty: nan (default; excluded from "
                              "the means and counted) or zero (the papers' scripts)")
@@ -54,7 +67,8 @@ def main(argv=None) -> None:
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "nnUNetv2_ccesemi_evaluate",
                           *(sys.argv[1:] if argv is None else argv)])
     try:
-        summary = evaluate_folders(args.ref, args.pred, labels=args.l, units=args.units, lcc=args.lcc,
+        summary = evaluate_folders(args.ref, args.pred, labels=args.l, dataset_json=args.dataset_json,
+                                   units=args.units, lcc=args.lcc,
                                    empty_convention=args.empty_convention, file_ending=args.file_ending,
                                    missing_as_empty=args.missing_as_empty, num_processes=args.np, command=command)
     except (EvaluationError, WorkerDiedError) as e:

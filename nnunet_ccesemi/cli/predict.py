@@ -33,10 +33,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default "
                                                                      "checkpoint_final.pth)")
     parser.add_argument("--networks", choices=NETWORK_CHOICES, default="both",
-                        help="'both': mean softmax of A and B (default, the paper's inference); 'a' or 'b': one")
+                        help="'both': mean softmax of A and B (default, the paper's inference; the mean sigmoid "
+                             "for a region dataset); 'a' or 'b': one")
     parser.add_argument("--uncertainty", action="store_true",
                         help="also write <case>_entropy (normalised entropy of the prediction) and, with both "
-                             "networks, <case>_disagreement (symmetric KL between A and B) into OUTPUT/uncertainty")
+                             "networks, <case>_disagreement (symmetric KL between A and B) into OUTPUT/uncertainty; "
+                             "for regions the mean binary entropy over the regions and the Bernoulli KL summed "
+                             "over them")
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (faster)")
     parser.add_argument("--save_probabilities", action="store_true", help="also export the (mean) probabilities")

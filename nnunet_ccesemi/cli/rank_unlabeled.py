@@ -137,7 +137,8 @@ def main(argv=None) -> None:
     for case, properties, probs_a, probs_b in predictor.probabilities_per_case(
             [cases[c] for c in case_ids], case_ids, max(1, min(args.npp, len(case_ids)))):
         spacing = network_grid_spacing(properties, predictor.configuration_manager.spacing, plans.transpose_forward)
-        scores_by_case[case] = score_case(probs_a, probs_b, float(torch.tensor(spacing).prod()))
+        scores_by_case[case] = score_case(probs_a, probs_b, float(torch.tensor(spacing).prod()),
+                                          regions=predictor.label_manager.has_regions)
         if maps_folder is not None:
             predictor.write_uncertainty_maps(case, properties, probs_a, probs_b)
         progress.update()

@@ -80,3 +80,45 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "CCESemi
     with open(join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=2)
     return folder
+
+
+BRATS_MODALITIES = ("t1", "t1ce", "t2", "flair")
+
+
+def synthetic_brats_case(rng: np.random.Generator, shape: tuple[int, int, int]
+                         ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(seg with BraTS 2019 values, {modality: int16 image}) in numpy (z, y, x) order: an edema (2)
+    ellipsoid around a tumour core whose rim enhances (4) around necrosis (1), so that nnU-Net's BraTS
+    regions nest: whole tumour ⊃ tumour core ⊃ enhancing tumour."""
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"), axis=-1)
+    centre, radii = rng.uniform(-0.25, 0.25, 3), rng.uniform(0.45, 0.6, 3)
+    distance = np.sqrt((((grid - centre) / radii) ** 2).sum(-1))
+    seg = np.zeros(shape, np.uint8)
+    seg[distance <= 1.0] = 2
+    seg[distance <= 0.65] = 4
+    seg[distance <= 0.35] = 1
+    brightness = np.zeros(5, np.float32)
+    brightness[[2, 4, 1]] = (1.5, 3.0, 0.8)
+    base = brightness[seg]
+    modalities = {m: (100 * (base * (1 + 0.2 * i) + 0.3 * rng.normal(size=shape)) + 200).astype(np.int16)
+                  for i, m in enumerate(BRATS_MODALITIES)}
+    return seg, modalities
+
+
+def write_synthetic_brats_source(root: str, case_ids: list[str], shape: tuple[int, int, int] = (16, 32, 32),
+                                 seed: int = 7) -> None:
+    """A BraTS 2019 training folder as distributed (``HGG|LGG/<ID>/<ID>_{t1,t1ce,t2,flair,seg}.nii.gz``,
+    BraTS-like geometry) of synthetic cases, for ``nnUNetv2_ccesemi_convert_brats19``."""
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    for index, case_id in enumerate(case_ids):
+        folder = join(os.fspath(root), "HGG" if index % 3 else "LGG", case_id)
+        os.makedirs(folder)
+        seg, modalities = synthetic_brats_case(rng, shape)
+        for name, array in [*modalities.items(), ("seg", seg)]:
+            image = sitk.GetImageFromArray(array)
+            image.SetSpacing((1.0, 1.0, 1.5))
+            image.SetOrigin((-0.0, -239.0, 3.5))
+            image.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+            sitk.WriteImage(image, join(folder, f"{case_id}_{name}.nii.gz"))

@@ -3,15 +3,18 @@
 :class:`DualNetworkPredictor` is nnU-Net's ``nnUNetPredictor`` (preprocessing, sliding window with
 Gaussian weighting, mirroring, fold handling, resampling and export all unchanged) that runs the
 sliding window once with network A and once with network B and averages their softmax outputs, the
-paper's inference. With ``networks="a"`` it is the stock predictor; ``"b"`` uses B alone.
+paper's inference. With ``networks="a"`` it is the stock predictor; ``"b"`` uses B alone. For a
+region dataset (nnU-Net's sigmoid outputs) it averages the two networks' sigmoid probabilities.
 
-nnU-Net's export expects logits and applies the softmax itself, so the averaged probabilities p̄
-are handed over as ``log p̄`` (the softmax of ``log p̄`` is p̄ again).
+nnU-Net's export expects logits and applies its nonlinearity itself, so the averaged probabilities p̄
+are handed over as ``log p̄`` (the softmax of ``log p̄`` is p̄ again), or for regions as
+``log p̄ - log(1 - p̄)`` (whose sigmoid is p̄), and nnU-Net's region export writes the label map.
 
 Optionally it writes, per case, uncertainty maps in the input image's geometry into a separate
 folder (so that nothing but segmentations sits in the prediction folder, where evaluation tools
 look): ``<case>_entropy`` (normalised predictive entropy of p̄) and, with both networks,
-``<case>_disagreement`` (symmetric KL between A and B).
+``<case>_disagreement`` (symmetric KL between A and B); for regions, the mean binary entropy over
+the regions and the symmetric Bernoulli KL summed over them (one map each).
 """
 from __future__ import annotations
 
@@ -83,8 +86,6 @@ class DualNetworkPredictor(nnUNetPredictor):
         if isinstance(self.network, OptimizedModule):  # nnU-Net compiled A: do the same for B
             network_b = torch.compile(network_b)
         self.network_b = network_b
-        if self.label_manager.has_regions:
-            raise ValueError("averaging softmax outputs needs mutually exclusive classes; this dataset has regions")
 
     @staticmethod
     def _peer_weights(checkpoint_path: str) -> tuple[dict, MethodConfig]:
@@ -111,13 +112,14 @@ class DualNetworkPredictor(nnUNetPredictor):
             self.network, self.list_of_parameters = saved
 
     def _probabilities(self, data: torch.Tensor, network: str) -> torch.Tensor:
-        """One network's softmax, its logits averaged over the folds as nnU-Net does."""
+        """One network's probabilities (softmax, or sigmoid for regions), its logits averaged over the folds
+        as nnU-Net does."""
         if network == "a":
             logits = super().predict_logits_from_preprocessed_data(data)
         else:
             with self._using(self.network_b, self.parameters_b):
                 logits = super().predict_logits_from_preprocessed_data(data)
-        return torch.softmax(logits.float(), dim=0)
+        return self.label_manager.apply_inference_nonlin(logits.float())
 
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
@@ -128,11 +130,20 @@ class DualNetworkPredictor(nnUNetPredictor):
         mean = sum(probs.values()) / len(probs)
         if self.uncertainty_folder is not None and self._current_case is not None \
                 and self._current_case.get("ofile") is not None:
-            maps = {"entropy": predictive_entropy(mean)}
+            regions = self.label_manager.has_regions
+            maps = {"entropy": predictive_entropy(mean, regions=regions)}
             if len(probs) == 2:
-                maps["disagreement"] = symmetric_kl(probs["a"], probs["b"])
+                maps["disagreement"] = symmetric_kl(probs["a"], probs["b"], regions=regions)
             self._write_uncertainty_maps(maps, self._current_case)
-        return mean.clamp_min(torch.finfo(torch.float32).tiny).log()
+        return self._as_logits(mean)
+
+    def _as_logits(self, probs: torch.Tensor) -> torch.Tensor:
+        """Logits whose inference nonlinearity gives ``probs`` back: ``log p`` (softmax) or ``logit p``
+        (sigmoid), clamped so that saturated probabilities stay finite."""
+        tiny = torch.finfo(torch.float32).tiny
+        if self.label_manager.has_regions:
+            return probs.clamp_min(tiny).log() - (1.0 - probs).clamp_min(tiny).log()
+        return probs.clamp_min(tiny).log()
 
     def predict_from_data_iterator(self, data_iterator: Iterable, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
@@ -158,7 +169,7 @@ class DualNetworkPredictor(nnUNetPredictor):
     def probabilities_per_case(self, input_files: list[list[str]], case_ids: list[str],
                                num_processes_preprocessing: int = 1
                                ) -> Iterator[tuple[str, dict, torch.Tensor, torch.Tensor]]:
-        """(case ID, properties, softmax of A, softmax of B) per case on the network grid, each case
+        """(case ID, properties, probabilities of A, of B (softmax, or sigmoid for regions)) per case on the network grid, each case
         preprocessed once (in background workers) and slid once per network as nnU-Net predicts;
         nothing is exported."""
         iterator = self._internal_get_data_iterator_from_lists_of_filenames(
@@ -180,7 +191,9 @@ class DualNetworkPredictor(nnUNetPredictor):
                                probs_b: torch.Tensor) -> None:
         """``<case>_entropy`` and ``<case>_disagreement`` into ``uncertainty_folder``, in the input's geometry."""
         os.makedirs(self.uncertainty_folder, exist_ok=True)
-        maps = {"entropy": predictive_entropy((probs_a + probs_b) / 2), "disagreement": symmetric_kl(probs_a, probs_b)}
+        regions = self.label_manager.has_regions
+        maps = {"entropy": predictive_entropy((probs_a + probs_b) / 2, regions=regions),
+                "disagreement": symmetric_kl(probs_a, probs_b, regions=regions)}
         self._write_uncertainty_maps(maps, {"data_properties": properties, "ofile": case_id})
 
     # ------------------------------------------------------------------ uncertainty export

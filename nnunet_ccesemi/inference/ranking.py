@@ -5,6 +5,10 @@ where a segmentation can be wrong in a way an annotator would fix; background fa
 would drown the mean otherwise. Where neither network predicts any foreground the region is empty and
 the scores take defined values (the networks agree there is nothing), flagged ``empty_foreground``.
 
+For a region dataset (nnU-Net's sigmoid outputs) the foreground is the union of the regions
+(``p_r > 0.5`` for some r), its probability the largest region probability, and the voxel maps
+those of :mod:`~nnunet_ccesemi.inference.uncertainty` with ``regions=True``.
+
 Scores are computed on the network grid (the preprocessed, resampled case): a ranking needs no
 resampling back to the image.
 """
@@ -38,28 +42,38 @@ SCORES: dict[str, Score] = {
 DEFAULT_SCORE = "disagreement"
 
 
-def score_case(probs_a: torch.Tensor, probs_b: torch.Tensor, voxel_volume_mm3: float) -> dict[str, float | bool | int]:
-    """The scores of :data:`SCORES` for one case from both networks' class probabilities of shape (C, *spatial).
+def _foreground(probs: torch.Tensor, regions: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mask, probability) of the foreground: argmax ≠ background and 1 − p(background), or for regions
+    any p_r > 0.5 and max_r p_r."""
+    if regions:
+        return (probs > 0.5).any(0), probs.max(0).values
+    return probs.argmax(0) != 0, 1 - probs[0]
+
+
+def score_case(probs_a: torch.Tensor, probs_b: torch.Tensor, voxel_volume_mm3: float, regions: bool = False
+               ) -> dict[str, float | bool | int]:
+    """The scores of :data:`SCORES` for one case from both networks' probabilities of shape (C, *spatial)
+    (class softmax, or with ``regions`` the sigmoid of each region).
 
     Also returns ``foreground_voxels`` (the size of the region scored) and ``empty_foreground``.
     """
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"probability maps differ in shape: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
-    if probs_a.shape[0] < 2:
+    if probs_a.shape[0] < (1 if regions else 2):
         raise ValueError(f"need at least two classes (background first), got shape {tuple(probs_a.shape)}")
     probs_a, probs_b = probs_a.float(), probs_b.float()
     mean = (probs_a + probs_b) / 2
-    region = (probs_a.argmax(0) != 0) | (probs_b.argmax(0) != 0)
+    (mask_a, foreground_a), (mask_b, foreground_b) = _foreground(probs_a, regions), _foreground(probs_b, regions)
+    region = mask_a | mask_b
     foreground_voxels = int(region.sum())
-    foreground_a, foreground_b = 1 - probs_a[0], 1 - probs_b[0]
     overlap, total = (foreground_a * foreground_b).sum(), foreground_a.sum() + foreground_b.sum()
     scores: dict[str, float | bool | int] = {
         "soft_dice": float(2 * overlap / total) if total > 0 else SCORES["soft_dice"].value_when_empty,
-        "volume_ml": float((mean.argmax(0) != 0).sum()) * voxel_volume_mm3 / 1000.0,
+        "volume_ml": float(_foreground(mean, regions)[0].sum()) * voxel_volume_mm3 / 1000.0,
     }
     if foreground_voxels:
-        scores["disagreement"] = float(symmetric_kl(probs_a, probs_b)[region].mean())
-        scores["entropy"] = float(predictive_entropy(mean)[region].mean())
+        scores["disagreement"] = float(symmetric_kl(probs_a, probs_b, regions=regions)[region].mean())
+        scores["entropy"] = float(predictive_entropy(mean, regions=regions)[region].mean())
     else:
         scores["disagreement"] = SCORES["disagreement"].value_when_empty
         scores["entropy"] = SCORES["entropy"].value_when_empty

@@ -1,7 +1,10 @@
 """Voxel-wise uncertainty of a two-network prediction, as pure tensor functions.
 
 Both take class probabilities of shape (C, *spatial) (one case, nnU-Net's predictor layout) and
-return a float32 map of shape (*spatial).
+return a float32 map of shape (*spatial). With ``regions=True`` the C channels are nnU-Net's
+independent sigmoid outputs of a region dataset: each channel is the Bernoulli distribution
+``(1 - p_r, p_r)``, and the map is reduced over the regions (entropy: mean; disagreement: sum, the
+symmetric KL of the joint distribution of independent outputs).
 """
 from __future__ import annotations
 
@@ -10,22 +13,35 @@ import torch
 from nnunet_ccesemi.losses.entropy import normalized_entropy
 
 
-def predictive_entropy(probs: torch.Tensor) -> torch.Tensor:
+def bernoulli(probs: torch.Tensor) -> torch.Tensor:
+    """(R, *spatial) sigmoid probabilities -> (2, R, *spatial), the distributions ``(1 - p_r, p_r)``."""
+    probs = probs.float()
+    return torch.stack((1.0 - probs, probs))
+
+
+def predictive_entropy(probs: torch.Tensor, regions: bool = False) -> torch.Tensor:
     """Normalised entropy of the (averaged) prediction, ``-Σ_c p̄_c log p̄_c / log C``, in [0, 1].
 
-    0 where the ensemble is certain of one class, 1 where it is uniform over the C classes.
+    0 where the ensemble is certain of one class, 1 where it is uniform over the C classes. Regions:
+    the mean over regions of the binary entropy ``-(p̄ log p̄ + (1 - p̄) log(1 - p̄)) / log 2``.
     """
+    if regions:
+        return normalized_entropy(bernoulli(probs).unsqueeze(0))[0].mean(0)
     return normalized_entropy(probs.unsqueeze(0))[0]
 
 
-def symmetric_kl(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+def symmetric_kl(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8, regions: bool = False
+                 ) -> torch.Tensor:
     """The networks' disagreement ``KL(p_a ‖ p_b) + KL(p_b ‖ p_a) = Σ_c (p_a,c − p_b,c)(log p_a,c − log p_b,c)``.
 
     Non-negative, 0 where both networks give the same distribution; the probabilities are clamped at
-    ``eps`` inside the logarithms so that saturated softmax outputs give finite values.
+    ``eps`` inside the logarithms so that saturated softmax outputs give finite values. Regions: summed
+    over the regions' Bernoulli distributions.
     """
     if probs_a.shape != probs_b.shape:
         raise ValueError(f"probability maps differ in shape: {tuple(probs_a.shape)} vs {tuple(probs_b.shape)}")
+    if regions:
+        return symmetric_kl(bernoulli(probs_a), bernoulli(probs_b), eps).sum(0)
     probs_a, probs_b = probs_a.float(), probs_b.float()
     log_ratio = probs_a.clamp_min(eps).log() - probs_b.clamp_min(eps).log()
     return ((probs_a - probs_b) * log_ratio).sum(0)

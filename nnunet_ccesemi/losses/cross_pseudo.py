@@ -15,7 +15,7 @@ distributions is mostly rounding error.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,8 @@ def cross_pseudo_supervision(
     logits_student: torch.Tensor,
     logits_teacher: torch.Tensor,
     reduction: Literal["mean", "none"] = "mean",
+    *,
+    teacher_labels: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Plain CPS: ``mean_v CE(z^s_v, argmax z^t_v)`` with the teacher's label detached.
 
@@ -47,9 +49,11 @@ def cross_pseudo_supervision(
         logits_teacher: (B, C, *spatial) logits of the other network; only its argmax is used
             (no gradient).
         reduction: ``mean`` (0-dim) or ``none`` (the (B, *spatial) per-voxel map).
+        teacher_labels: (B, *spatial) hard labels to use instead of ``argmax z^t`` (the nested region
+            labels of :meth:`~nnunet_ccesemi.losses.regions.RegionLayout.nest`).
     """
     _check_logits_pair(logits_student, logits_teacher)
-    pseudo_labels = class_argmax(logits_teacher.detach())
+    pseudo_labels = class_argmax(logits_teacher.detach()) if teacher_labels is None else teacher_labels.long()
     return F.cross_entropy(logits_student.float(), pseudo_labels, reduction=reduction)
 
 
@@ -76,6 +80,8 @@ def kl_weighted_cross_pseudo_supervision(
     logits_student: torch.Tensor,
     logits_teacher: torch.Tensor,
     detach_weight: bool = True,
+    *,
+    teacher_labels: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """KL-weighted CPS: ``L = mean_v[exp(-D_v) CE(z^s_v, ŷ^t_v)] + mean_v D_v``.
 
@@ -89,6 +95,7 @@ def kl_weighted_cross_pseudo_supervision(
         detach_weight: ``True`` (default): the weight ``exp(-D_v)`` is a constant confidence
             weight, so the student is not rewarded for lowering the weight of hard voxels through
             the CE factor. ``False`` reproduces the released code, where the weight is attached.
+        teacher_labels: as in :func:`cross_pseudo_supervision`.
 
     Returns:
         ``(loss, mean_weight)``: the 0-dim loss and the detached 0-dim mean of ``exp(-D_v)`` (for
@@ -98,7 +105,8 @@ def kl_weighted_cross_pseudo_supervision(
     voxel_weight = torch.exp(-divergence)
     if detach_weight:
         voxel_weight = voxel_weight.detach()
-    cross_entropy = cross_pseudo_supervision(logits_student, logits_teacher, reduction="none")
+    cross_entropy = cross_pseudo_supervision(logits_student, logits_teacher, reduction="none",
+                                             teacher_labels=teacher_labels)
     loss = (voxel_weight * cross_entropy).mean() + divergence.mean()
     return loss, voxel_weight.detach().mean()
 

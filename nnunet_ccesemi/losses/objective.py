@@ -29,6 +29,7 @@ from .entropy import (
     reliable_mask,
 )
 from .pseudo_labels import class_argmax, joint_pseudo_labels
+from .regions import RegionLayout, binary_logits, fold_labels, fold_region_target, unfold
 from .prototypes import (
     PrototypeBank,
     class_prototypes,
@@ -57,6 +58,7 @@ class UnlabeledTargets:
 
 
 NORMALIZE_EPS = 1e-12  # that of l2_normalize_voxels: a sampled voxel is normalised as the prototypes' voxels
+REGION_IGNORE_INDEX = -1  # ignored voxels of a folded region target (values are 0 and 1 otherwise)
 
 
 class DualNetworkObjective(nn.Module):
@@ -84,6 +86,23 @@ class DualNetworkObjective(nn.Module):
     A term whose configured weight is 0 is not computed. Everything runs in float32 with autocast
     disabled, whatever the precision of the inputs.
 
+    **Regions** (``regions`` given: nnU-Net's sigmoid outputs of a region dataset, C = R channels).
+    Each region r is a binary problem and every term is the softmax one with C = 2 on the logits
+    ``(0, z_r)`` (:mod:`~nnunet_ccesemi.losses.regions`): pseudo-labels ``σ(z_r) > 0.5`` nested as
+    nnU-Net's label manager nests them (so the peer's labels are its exported segmentation); the
+    binary entropy per region; reliability per region and per side of it (class-balanced: the
+    quantile within the voxels each network puts inside region r, and within those outside;
+    global: one quantile per region); the entropy-filtered term as BCE over the reliable
+    (voxel, region) pairs; each region's pseudo-label weighted by its own Bernoulli KL
+    ``exp(-KL(p^t_r ‖ p^s_r))``, the regulariser the KL averaged over voxels and regions (our
+    choice: the regions are independent outputs, so a disagreement on one region does not discount
+    another's label); the cosine of the Bernoulli vectors ``(1 - p_r, p_r)`` averaged over regions;
+    two prototypes per region (inside and its complement, both from the reliable voxels of that
+    region), each uncertain voxel sampled per region and contrasted against that region's pair, the
+    loss averaged over the regions that have both prototypes. Statistics are per region and side:
+    ``reliable_fraction_r{r}_in``, ``entropy_threshold_a_r{r}_out``, ``prototype_present_r{r}_in``
+    (r = the output channel).
+
     Under ``torch.distributed`` (nnU-Net's DDP) each rank passes its own rows; the thresholds ``τ^k``
     and the prototypes are global (those of the concatenated batch of all ranks), the other terms and
     the per-voxel statistics (``reliable_fraction``, ``agreement``, ``mean_kl_weight``) are per-rank
@@ -93,9 +112,11 @@ class DualNetworkObjective(nn.Module):
 
     Args:
         config: the method configuration.
-        num_classes: C, the number of output channels (including background).
+        num_classes: C, the number of output channels (including background; R for regions).
         ignore_index: nnU-Net's ignore label in the labelled targets, if the dataset has one.
         generator: random generator (on the logits' device) for the voxel sampling of term 6.
+        regions: the dataset's regions (:meth:`RegionLayout.from_label_manager`); ``None`` for
+            mutually exclusive classes (softmax outputs).
     """
 
     def __init__(
@@ -104,16 +125,23 @@ class DualNetworkObjective(nn.Module):
         num_classes: int,
         ignore_index: Optional[int] = None,
         generator: Optional[torch.Generator] = None,
+        regions: Optional[RegionLayout] = None,
     ):
         super().__init__()
-        if num_classes < 2:
+        if regions is not None and regions.num_regions != num_classes:
+            raise ValueError(f"num_classes={num_classes} output channels but {regions.num_regions} regions")
+        if regions is None and num_classes < 2:
             raise ValueError(f"num_classes must be >= 2, got {num_classes}")
         self.config = config
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.generator = generator
+        self.regions = regions
+        # The binary classes whose thresholds and prototypes are kept apart: the C classes, or the
+        # inside and outside of each region.
+        self.group_names = regions.group_names if regions is not None else [f"c{c}" for c in range(num_classes)]
         self.prototype_banks = nn.ModuleDict(
-            {net: PrototypeBank(num_classes, config.prototype_momentum, memory=config.prototype_memory)
+            {net: PrototypeBank(len(self.group_names), config.prototype_momentum, memory=config.prototype_memory)
              for net in NETWORKS}
         )
 
@@ -172,6 +200,13 @@ class DualNetworkObjective(nn.Module):
         has_unlabeled = n_rows > n_labeled or distributed_active()
         with torch.autocast(device_type=logits_a.device.type, enabled=False):
             logits = {"a": logits_a.float(), "b": logits_b.float()}
+            labeled_rows = n_labeled  # rows of the (folded) logits that are labelled
+            if self.regions is not None:
+                logits = {net: binary_logits(value) for net, value in logits.items()}
+                labeled_rows = n_labeled * self.regions.num_regions
+                if target_labeled is not None:
+                    target_labeled = fold_region_target(target_labeled, self.regions.num_regions,
+                                                        REGION_IGNORE_INDEX)
             probs = {net: torch.softmax(logits[net], dim=1) for net in NETWORKS}
             stats: dict[str, torch.Tensor] = {}
             # Accumulated on the graph of the logits, so an all-skipped objective is a connected 0.
@@ -180,13 +215,14 @@ class DualNetworkObjective(nn.Module):
             not_counted = total.detach()
 
             if config.disagreement_weight > 0 and target_labeled is not None and n_labeled > 0:
-                total = total + self._disagreement_term(probs, n_labeled, target_labeled, students, stats)
+                total = total + self._disagreement_term(probs, labeled_rows, target_labeled, students, stats)
             targets = None
             if has_unlabeled:
                 needs_targets = config.entropy_filter_weight > 0 or self._contrast_active(contrast_weight)
-                targets = self._unlabeled_targets(logits, n_labeled, needs_targets, stats)
+                targets = self._unlabeled_targets(logits, labeled_rows, needs_targets, stats)
             if config.entropy_filter_weight > 0 and targets is not None:
-                total = total + unsup_weight * self._entropy_filter_term(logits, n_labeled, targets, students, stats)
+                total = total + unsup_weight * self._entropy_filter_term(logits, labeled_rows, targets, students,
+                                                                         stats)
             if config.cps_weight > 0:
                 total = total + unsup_weight * self._cross_pseudo_term(logits, students, stats)
             if config.cosine_weight > 0:
@@ -212,11 +248,12 @@ class DualNetworkObjective(nn.Module):
         """Term 2, weighted: ``w_mis Σ_k L_mis^k`` on the labelled rows."""
         probs_a_labeled = probs["a"][:n_labeled].detach()
         probs_b_labeled = probs["b"][:n_labeled].detach()
+        ignore_index = REGION_IGNORE_INDEX if self.regions is not None else self.ignore_index
         total = 0.0
         for net in students:
             term = confident_disagreement_loss(
                 probs[net][:n_labeled], probs_a_labeled, probs_b_labeled, target_labeled,
-                self.config.disagreement_confidence, ignore_index=self.ignore_index,
+                self.config.disagreement_confidence, ignore_index=ignore_index,
             )
             stats[f"disagreement_{net}"] = term.detach()
             total = total + self.config.disagreement_weight * term
@@ -240,13 +277,16 @@ class DualNetworkObjective(nn.Module):
             if config.kl_direction == "a_to_b" and student != "b":
                 continue
             teacher = "b" if student == "a" else "a"
+            # softmax: the teacher's argmax (taken inside); regions: its nested labels
+            teacher_labels = self._hard_labels(logits[teacher].detach()) if self.regions is not None else None
             if config.kl_weighting:
                 term, mean_weight = kl_weighted_cross_pseudo_supervision(
-                    logits[student], logits[teacher], detach_weight=config.detach_kl_weight
+                    logits[student], logits[teacher], detach_weight=config.detach_kl_weight,
+                    teacher_labels=teacher_labels,
                 )
                 kl_weights.append(mean_weight)
             else:
-                term = cross_pseudo_supervision(logits[student], logits[teacher])
+                term = cross_pseudo_supervision(logits[student], logits[teacher], teacher_labels=teacher_labels)
             stats[f"cps_{student}"] = term.detach()
             total = total + config.cps_weight * term
         if kl_weights:
@@ -267,8 +307,8 @@ class DualNetworkObjective(nn.Module):
             total = total + term
         present = torch.stack(present_per_net).mean(0)
         stats["num_prototypes"] = present.sum()
-        for c in range(self.num_classes):
-            stats[f"prototype_present_c{c}"] = present[c]
+        for index, name in enumerate(self.group_names):
+            stats[f"prototype_present_{name}"] = present[index]
         return total
 
     # ------------------------------------------------------------------ unlabelled targets
@@ -278,40 +318,75 @@ class DualNetworkObjective(nn.Module):
         and the joint pseudo-labels of term 3; records agreement, thresholds and reliable fractions."""
         config = self.config
         logits_unlabeled = {net: logits[net][n_labeled:].detach() for net in NETWORKS}
-        own_labels = {net: class_argmax(logits_unlabeled[net]) for net in NETWORKS}
+        own_labels = {net: self._hard_labels(logits_unlabeled[net]) for net in NETWORKS}
         stats["agreement"] = (own_labels["a"] == own_labels["b"]).float().mean()
         if not needs_targets:
             return None
         entropy = {net: normalized_entropy_from_logits(logits_unlabeled[net]) for net in NETWORKS}
         if not config.filter_entropy:
             reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
-        elif config.reliability_rule == "global":
+        elif config.reliability_rule == "global" and self.regions is None:
             threshold = {net: batch_quantile(entropy[net], config.entropy_quantile) for net in NETWORKS}
             reliable = reliable_mask(entropy["a"], entropy["b"], threshold["a"], threshold["b"])
             for net in NETWORKS:
                 stats[f"entropy_threshold_{net}"] = threshold[net]
-        else:
-            reliable_per_net = []
+        elif config.reliability_rule == "global":  # one quantile per region (the lower order statistic)
+            region = self.regions.region_index(entropy["a"].shape[0], entropy["a"].device)
+            region = region.view(-1, *([1] * (entropy["a"].ndim - 1))).expand_as(entropy["a"])
+            reliable = torch.zeros_like(entropy["a"], dtype=torch.bool)
             for net in NETWORKS:
-                thresholds, _ = class_quantiles(entropy[net], own_labels[net], self.num_classes,
-                                                config.entropy_quantile)
-                reliable_per_net.append(class_balanced_reliable(entropy[net], own_labels[net], thresholds))
-                for c in range(self.num_classes):
-                    stats[f"entropy_threshold_{net}_c{c}"] = thresholds[c]
-            reliable = reliable_per_net[0] | reliable_per_net[1]
+                thresholds, _ = class_quantiles(entropy[net], region, self.num_classes, config.entropy_quantile)
+                reliable |= class_balanced_reliable(entropy[net], region, thresholds)
+                for r in range(self.num_classes):
+                    stats[f"entropy_threshold_{net}_r{r}"] = thresholds[r]
+        else:
+            reliable = torch.zeros_like(entropy["a"], dtype=torch.bool)
+            for net in NETWORKS:
+                groups = self._groups(own_labels[net])
+                thresholds, _ = class_quantiles(entropy[net], groups, len(self.group_names), config.entropy_quantile)
+                reliable |= class_balanced_reliable(entropy[net], groups, thresholds)
+                for index, name in enumerate(self.group_names):
+                    stats[f"entropy_threshold_{net}_{name}"] = thresholds[index]
         pseudo_labels = joint_pseudo_labels(
             logits_unlabeled["a"], logits_unlabeled["b"], entropy["a"], entropy["b"], config.pseudo_label_rule
         )
+        if self.regions is not None:
+            pseudo_labels = self._nested(pseudo_labels)
         stats["reliable_fraction"] = reliable.float().mean()
         # Per pseudo-class: the share of its voxels that supervise (NaN for a class absent from the batch).
-        counts = torch.zeros(self.num_classes, device=reliable.device).scatter_add_(
-            0, pseudo_labels.reshape(-1), torch.ones_like(reliable.reshape(-1), dtype=torch.float32))
-        kept = torch.zeros(self.num_classes, device=reliable.device).scatter_add_(
-            0, pseudo_labels.reshape(-1), reliable.reshape(-1).float())
+        groups = self._groups(pseudo_labels).reshape(-1)
+        num_groups = len(self.group_names)
+        counts = torch.zeros(num_groups, device=reliable.device).scatter_add_(
+            0, groups, torch.ones_like(reliable.reshape(-1), dtype=torch.float32))
+        kept = torch.zeros(num_groups, device=reliable.device).scatter_add_(0, groups, reliable.reshape(-1).float())
         reliable_fraction = kept / counts  # 0/0 = NaN: class absent
-        for c in range(self.num_classes):
-            stats[f"reliable_fraction_c{c}"] = reliable_fraction[c]
+        for index, name in enumerate(self.group_names):
+            stats[f"reliable_fraction_{name}"] = reliable_fraction[index]
         return UnlabeledTargets(own_labels=own_labels, reliable=reliable, pseudo_labels=pseudo_labels)
+
+    def _hard_labels(self, logits: torch.Tensor) -> torch.Tensor:
+        """A network's own hard labels: the argmax, or for regions the nested ``σ(z) > 0.5`` (folded)."""
+        labels = class_argmax(logits)
+        return labels if self.regions is None else self._nested(labels)
+
+    def _nested(self, folded_labels: torch.Tensor) -> torch.Tensor:
+        regions = self.regions
+        return fold_labels(regions.nest(unfold(folded_labels, regions.num_regions).bool()))
+
+    def _groups(self, labels: torch.Tensor) -> torch.Tensor:
+        """The index of each voxel's group in :attr:`group_names`: its class, or its region and side."""
+        return labels if self.regions is None else self.regions.group_index(labels)
+
+    def _contrast_sets(self, targets: "UnlabeledTargets", net: str) -> list[tuple]:
+        """``(pseudo_labels, reliable, own_labels, groups)`` per set of classes contrasted together, on the
+        unlabelled rows: all C classes at once, or per region its inside against its complement."""
+        if self.regions is None:
+            return [(targets.pseudo_labels, targets.reliable, targets.own_labels[net],
+                     slice(0, self.num_classes))]
+        num_regions = self.regions.num_regions
+        pseudo, reliable, own = (unfold(t, num_regions) for t in
+                                 (targets.pseudo_labels, targets.reliable, targets.own_labels[net]))
+        return [(pseudo[:, r], reliable[:, r], own[:, r], slice(2 * r, 2 * r + 2)) for r in range(num_regions)]
 
     def _contrast_term(
         self,
@@ -321,36 +396,42 @@ class DualNetworkObjective(nn.Module):
         update_prototype_bank: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
+        sets = self._contrast_sets(targets, net)
         # Prototypes are constants: the normalised map enters them without autograd (and without a
         # normalised copy of it), only the sampled voxels are normalised on the graph (normalising the
         # map there kept an (m, F, *spatial) float32 copy alive through the backward pass, for
         # gradients that are zero but at the samples).
         with torch.no_grad():
-            prototypes, present = class_prototypes(
-                features_unlabeled.detach(), targets.pseudo_labels, targets.reliable, self.num_classes,
-                eps=NORMALIZE_EPS, normalize_voxels=True,
-            )
+            per_set = [class_prototypes(features_unlabeled.detach(), pseudo_labels, reliable,
+                                        groups.stop - groups.start, eps=NORMALIZE_EPS, normalize_voxels=True)
+                       for pseudo_labels, reliable, _, groups in sets]
+            prototypes = torch.cat([p for p, _ in per_set])
+            present = torch.cat([p for _, p in per_set])
         bank = self.prototype_banks[net]
         if update_prototype_bank:
             prototypes, present = bank.update(prototypes, present)
         elif bank.prototypes.numel() and bank.memory:
             prototypes, present = bank.prototypes, bank.present
-        sampled_features, sampled_labels = sample_uncertain_voxels(
-            features_unlabeled,
-            targets.own_labels[net],
-            ~targets.reliable,
-            config.contrast_sample_fraction,
-            config.contrast_max_samples_per_class,
-            generator=self.generator,
-            num_classes=self.num_classes,
-        )
-        sampled_features = F.normalize(sampled_features.float(), p=2.0, dim=1, eps=NORMALIZE_EPS)
-        if config.contrast_loss == "infonce":
-            term = prototype_infonce_loss(
-                sampled_features, sampled_labels, prototypes, present, config.contrast_temperature
+        terms, contrasted = [], []
+        for _, reliable, own_labels, groups in sets:
+            sampled_features, sampled_labels = sample_uncertain_voxels(
+                features_unlabeled,
+                own_labels,
+                ~reliable,
+                config.contrast_sample_fraction,
+                config.contrast_max_samples_per_class,
+                generator=self.generator,
+                num_classes=groups.stop - groups.start,
             )
-        else:
-            term = prototype_l2_loss(sampled_features, sampled_labels, prototypes, present)
+            sampled_features = F.normalize(sampled_features.float(), p=2.0, dim=1, eps=NORMALIZE_EPS)
+            if config.contrast_loss == "infonce":
+                terms.append(prototype_infonce_loss(sampled_features, sampled_labels, prototypes[groups],
+                                                    present[groups], config.contrast_temperature))
+            else:
+                terms.append(prototype_l2_loss(sampled_features, sampled_labels, prototypes[groups], present[groups]))
+            contrasted.append(present[groups].sum() >= 2)
+        # the mean over the sets that have two prototypes (a set without is exactly 0)
+        term = torch.stack(terms).sum() / torch.stack(contrasted).sum().clamp_min(1)
         return term, present
 
     def _check_inputs(
@@ -360,7 +441,7 @@ class DualNetworkObjective(nn.Module):
             raise ValueError(
                 f"logits_a and logits_b differ in shape: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}"
             )
-        if logits_a.ndim not in (4, 5) or logits_a.shape[1] != self.num_classes:
+        if logits_a.ndim not in (4, 5) or logits_a.shape[1] != self.num_classes:  # R channels for regions
             raise ValueError(
                 f"logits must be (N, C={self.num_classes}, *spatial) with 2 or 3 spatial axes, "
                 f"got {tuple(logits_a.shape)}"

@@ -9,6 +9,7 @@ so after the ramp-up every such term is reported with the statistic that explain
 from __future__ import annotations
 
 import math
+import re
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -32,9 +33,19 @@ def _term_of(key: str) -> tuple[str | None, str]:
     return (prefix, network) if prefix in _TERMS and network in ("a", "b") else (None, "")
 
 
+# the objective's group names: class c ("c1"), or region r's inside or outside ("r0_in", "r0_out")
+_GROUP = re.compile(r"c(\d+)|r(\d+)_(in|out)")
+
+
 def _per_class(stats: Mapping[str, Sequence[float]], prefix: str) -> str:
-    keys = sorted(k for k in stats if k.startswith(prefix + "_c") and k[len(prefix) + 2:].isdigit())
-    return ", ".join(f"class {k[len(prefix) + 2:]} {_mean(stats[k]):.4g}" for k in keys)
+    described = []
+    for key in sorted(stats):
+        match = _GROUP.fullmatch(key[len(prefix) + 1:]) if key.startswith(prefix + "_") else None
+        if match is None:
+            continue
+        name = f"class {match[1]}" if match[1] is not None else f"region {match[2]} {match[3]}side"
+        described.append(f"{name} {_mean(stats[key]):.4g}")
+    return ", ".join(described)
 
 
 def _mean(values: Sequence[float]) -> float:

@@ -49,6 +49,7 @@ from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlab
                                         preprocessed_unlabeled_folder, preprocessing_fingerprint, raw_unlabeled_folder)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
 from nnunet_ccesemi.losses import DecoderFeatureHook, DualNetworkObjective, merge_sequential_stats
+from nnunet_ccesemi.losses.regions import RegionLayout
 from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
                                                 check_peer_network_matches)
@@ -61,7 +62,7 @@ GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to eac
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
 FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
-PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c")
+PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c", "reliable_fraction_r", "prototype_present_r")
 # A scheduler's lists with one entry per parameter group (LRScheduler's base_lrs, LambdaLR's lr_lambdas)
 PER_GROUP_SCHEDULER_LISTS = ("base_lrs", "lr_lambdas")
 
@@ -207,9 +208,6 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     # ------------------------------------------------------------------ set-up
     def initialize(self):
-        if self.label_manager.has_regions:
-            raise ValueError(f"{self.__class__.__name__} needs mutually exclusive classes (softmax outputs); the "
-                             f"dataset.json of {self.plans_manager.dataset_name} defines regions.")
         if self.is_cascaded:
             raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
                              f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
@@ -232,7 +230,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.network_b = network_b
         self._add_network_b_to_optimizer()
         self.objective = DualNetworkObjective(config, self.label_manager.num_segmentation_heads,
-                                              ignore_index=self.label_manager.ignore_label).to(self.device)
+                                              ignore_index=self.label_manager.ignore_label,
+                                              regions=RegionLayout.from_label_manager(self.label_manager)
+                                              ).to(self.device)
         self.objective_step = (CompiledWithEagerFallback(self.objective, self.print_to_log_file)
                                if self._compile_objective() else self.objective)
         n_params = [sum(p.numel() for p in unwrap(n).parameters()) for n in (self.network, self.network_b)]
@@ -526,7 +526,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
                 if scale == "log" and any(np.nanmax(logging[STAT_PREFIX + n] + [0.0]) > 0 for n in group):
                     ax.set_yscale("log")  # thresholds of saturated voxels span many decades
                 for name in group:
-                    style = "--" if name.endswith("_b") or "_b_c" in name else "-"
+                    style = "--" if name.endswith("_b") or "_b_" in name else "-"
                     ax.plot(range(len(logging[STAT_PREFIX + name])), logging[STAT_PREFIX + name], style,
                             label=name, linewidth=1.8)
                 ax.set_title(title, loc="left")
