@@ -3,7 +3,8 @@
 A miniature BraTS 2019 training folder (HGG/LGG/<ID>/<ID>_<modality>.nii.gz, nested tumours of
 edema 2 ⊃ core (necrosis 1 + enhancing 4)) is converted with ``--task regions`` (nnU-Net's whole
 tumour / tumour core / enhancing tumour regions), planned for 3d_fullres and 2d, its unlabelled
-cases preprocessed for both, and then: CCE trains on the regions (3d_cpu and 2d), the stock
+cases preprocessed for both, and then: CCE trains on the regions (3d_cpu, and 2d_cpu: nnU-Net's 2d
+plans and data with a CPU-sized network), the stock
 predictor and ``nnUNetv2_ccesemi_predict --uncertainty`` export label maps in the input's geometry
 with values of ``regions_class_order``, and ``nnUNetv2_ccesemi_evaluate`` scores each region. The
 2d configuration of a dataset of labels (the tiny synthetic one) trains and predicts too.
@@ -30,6 +31,8 @@ SHAPE_ZYX = (16, 32, 32)
 CASES = [f"BraTS19_SYN_{i:03d}_1" for i in range(9)]
 TRAIN, TEST = CASES[:7], CASES[7:]
 NUM_LABELED = 3
+# 5 epochs where the test checks what training learnt, 1 where it checks the 2D code paths end to end
+FIVE_EPOCHS, ONE_EPOCH = "nnUNetTrainerCCE_5epochs", "nnUNetTrainerCCE_1epoch"
 REGIONS = {"whole tumor": [1, 2, 3], "tumor core": [2, 3], "enhancing tumor": [3]}
 
 
@@ -51,21 +54,29 @@ def region_dataset(tmp_path_factory):
             env)
     run_cli(["nnUNetv2_ccesemi_add_cpu_config", "-d", str(DATASET_ID), "--patch", "16", "16", "16",
              "--base-features", "8", "--max-features", "32"], env)
+    add_2d_cpu_config(DATASET_ID, env)
     raw = Path(env["nnUNet_raw"]) / DATASET
     return {"env": env, "raw": raw, "results": Path(env["nnUNet_results"]) / DATASET}
 
 
-def train(dataset: dict, config: str, dataset_id: int = DATASET_ID) -> Path:
-    run_cli(["nnUNetv2_train", str(dataset_id), config, "all", "-tr", "nnUNetTrainerCCE_5epochs", "-device", "cpu"],
-            dataset["env"])
-    return dataset["results"] / f"nnUNetTrainerCCE_5epochs__nnUNetPlans__{config}" / "fold_all"
+def add_2d_cpu_config(dataset_id: int, env: dict) -> None:
+    """``2d_cpu``: nnU-Net's 2d plans and preprocessed data with a narrow network (8-32 features) that a
+    CPU trains in seconds per epoch; the 2D code paths (4D tensors, nnU-Net's slice sampling, the 2D
+    sliding window and export) are those of ``2d``."""
+    run_cli(["nnUNetv2_ccesemi_add_cpu_config", "-d", str(dataset_id), "--source", "2d", "--name", "2d_cpu",
+             "--patch", "32", "32", "--base-features", "8", "--max-features", "32"], env)
 
 
-def predict(dataset: dict, config: str, output: Path, *extra: str, dataset_id: int = DATASET_ID,
+def train(dataset: dict, config: str, trainer: str, dataset_id: int = DATASET_ID) -> Path:
+    run_cli(["nnUNetv2_train", str(dataset_id), config, "all", "-tr", trainer, "-device", "cpu"], dataset["env"])
+    return dataset["results"] / f"{trainer}__nnUNetPlans__{config}" / "fold_all"
+
+
+def predict(dataset: dict, config: str, trainer: str, output: Path, *extra: str, dataset_id: int = DATASET_ID,
             command: str = "nnUNetv2_predict") -> None:
     run_cli([command, "-i", str(dataset["raw"] / "imagesTs"), "-o", str(output), "-d", str(dataset_id), "-c", config,
-             "-f", "all", "-tr", "nnUNetTrainerCCE_5epochs", "-device", "cpu", "-npp", "1", "-nps", "1",
-             "--disable_progress_bar", *extra], dataset["env"])
+             "-f", "all", "-tr", trainer, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar",
+             *extra], dataset["env"])
 
 
 def assert_input_geometry(images: Path, predictions: Path, allowed_values: set[int]) -> None:
@@ -86,7 +97,7 @@ def test_dataset_json_defines_the_regions(region_dataset):
 
 
 def test_cce_on_regions_3d(region_dataset, tmp_path):
-    folder = train(region_dataset, "3d_cpu")
+    folder = train(region_dataset, "3d_cpu", FIVE_EPOCHS)
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)
     logging = checkpoint["logging"]
     # every term trained on the regions, with per-region statistics and prototypes for both sides
@@ -101,11 +112,11 @@ def test_cce_on_regions_3d(region_dataset, tmp_path):
 
     # stock predictor: network A through nnU-Net's region export
     stock = tmp_path / "stock"
-    predict(region_dataset, "3d_cpu", stock)
+    predict(region_dataset, "3d_cpu", FIVE_EPOCHS, stock)
     assert_input_geometry(region_dataset["raw"] / "imagesTs", stock, {0, 1, 2, 3})
     # both networks' mean sigmoid, with one entropy and one disagreement map per case
     both = tmp_path / "both"
-    predict(region_dataset, "3d_cpu", both, "--uncertainty", command="nnUNetv2_ccesemi_predict")
+    predict(region_dataset, "3d_cpu", FIVE_EPOCHS, both, "--uncertainty", command="nnUNetv2_ccesemi_predict")
     maps = both / "uncertainty"
     assert_input_geometry(region_dataset["raw"] / "imagesTs", both, {0, 1, 2, 3})
     for case in TEST:
@@ -125,11 +136,11 @@ def test_cce_on_regions_3d(region_dataset, tmp_path):
 
 
 def test_cce_on_regions_2d(region_dataset, tmp_path):
-    folder = train(region_dataset, "2d")
+    folder = train(region_dataset, "2d_cpu", ONE_EPOCH)
     assert (folder / "checkpoint_final.pth").is_file()
-    predict(region_dataset, "2d", tmp_path / "stock")
+    predict(region_dataset, "2d_cpu", ONE_EPOCH, tmp_path / "stock")
     assert_input_geometry(region_dataset["raw"] / "imagesTs", tmp_path / "stock", {0, 1, 2, 3})
-    predict(region_dataset, "2d", tmp_path / "both", command="nnUNetv2_ccesemi_predict")
+    predict(region_dataset, "2d_cpu", ONE_EPOCH, tmp_path / "both", command="nnUNetv2_ccesemi_predict")
     assert_input_geometry(region_dataset["raw"] / "imagesTs", tmp_path / "both", {0, 1, 2, 3})
 
 
@@ -143,11 +154,13 @@ def test_cce_on_labels_2d(tmp_path):
                                        SyntheticSpec(n_labeled=4, n_unlabeled=4, n_test=2, shape=(8, 32, 32), seed=3)))
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", "779", "-c", "2d", "-np", "1"], env)
     run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", "779", "-c", "2d", "-np", "1"], env)
+    add_2d_cpu_config(779, env)
     dataset = {"env": env, "raw": raw, "results": Path(env["nnUNet_results"]) / raw.name}
-    folder = train(dataset, "2d", dataset_id=779)
+    folder = train(dataset, "2d_cpu", ONE_EPOCH, dataset_id=779)
     logging = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)["logging"]
     assert np.all(np.isfinite(logging["ccesemi_reliable_fraction_c1"]))
-    predict(dataset, "2d", tmp_path / "stock", dataset_id=779)
+    predict(dataset, "2d_cpu", ONE_EPOCH, tmp_path / "stock", dataset_id=779)
     assert_input_geometry(raw / "imagesTs", tmp_path / "stock", {0, 1})
-    predict(dataset, "2d", tmp_path / "both", "--uncertainty", dataset_id=779, command="nnUNetv2_ccesemi_predict")
+    predict(dataset, "2d_cpu", ONE_EPOCH, tmp_path / "both", "--uncertainty", dataset_id=779,
+            command="nnUNetv2_ccesemi_predict")
     assert_input_geometry(raw / "imagesTs", tmp_path / "both", {0, 1})

@@ -3,8 +3,8 @@
 Thin classes only: each names a method configuration or a budget; the logic lives in
 :mod:`nnunet_ccesemi.training`.
 """
-from nnunet_ccesemi.trainers.cce import (nnUNetTrainerCCE, nnUNetTrainerCCE_5epochs, nnUNetTrainerCCE_10epochs,
-                                         nnUNetTrainerCCE_20epochs, nnUNetTrainerCCE_globalRule,
+from nnunet_ccesemi.trainers.cce import (nnUNetTrainerCCE, nnUNetTrainerCCE_1epoch, nnUNetTrainerCCE_5epochs,
+                                         nnUNetTrainerCCE_10epochs, nnUNetTrainerCCE_20epochs, nnUNetTrainerCCE_globalRule,
                                          nnUNetTrainerCCE_globalRule_20epochs, nnUNetTrainerCCE_lowMem,
                                          nnUNetTrainerCCE_lowMem_5epochs, nnUNetTrainerCCE_noContrast,
                                          nnUNetTrainerCCE_noContrast_5epochs, nnUNetTrainerCCE_noContrast_20epochs,

@@ -90,3 +90,9 @@ class nnUNetTrainerCCE_globalRule_20epochs(ShortBudget, nnUNetTrainerCCE_globalR
 
 class nnUNetTrainerCCE_releasedCode_20epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
     budget_epochs = 20
+
+
+# nnU-Net's nnUNetTrainer_1epoch counterpart: one epoch of 50 iterations, to check a set-up end to end
+# (plans, unlabelled data, both predictors) in a minute on a CPU.
+class nnUNetTrainerCCE_1epoch(ShortBudget, nnUNetTrainerCCE):
+    budget_epochs = 1
