@@ -16,7 +16,21 @@ import sys
 import time
 from os.path import join
 
-DEFAULT_TRAINERS = ("nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCPS_5epochs")
+DEFAULT_TRAINERS = ("nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCCE_5epochs")
+
+
+def demo_spec():
+    """A few clean labelled cases and a cohort (unlabelled and test cases) that varies more: a stronger
+    bias field, more noise and a wider range of sizes, as the first scans a clinic labels tend to be the
+    clean ones. What the labelled cases do not show, only the unlabelled ones can teach."""
+    from nnunet_ccesemi.data.synthetic import SyntheticSpec, Variation
+
+    return SyntheticSpec(
+        n_labeled=4, n_unlabeled=16, n_test=6,
+        labeled=Variation(radius_range=(0.3, 0.4), contrast_range=(1.2, 1.2), bias_strength=0.1,
+                          noise_range=(0.5, 0.5)),
+        cohort=Variation(radius_range=(0.25, 0.45), contrast_range=(1.2, 1.2), bias_strength=0.25,
+                         noise_range=(0.5, 0.8)))
 
 
 def command_path(name: str) -> str:
@@ -67,7 +81,7 @@ def main(argv=None) -> None:
     dataset = str(args.dataset_id)
     started = time.time()
 
-    raw_folder = write_synthetic_dataset(env["nnUNet_raw"], args.dataset_id)
+    raw_folder = write_synthetic_dataset(env["nnUNet_raw"], args.dataset_id, spec=demo_spec())
     print(f"Wrote a synthetic dataset to {raw_folder}")
     run(["nnUNetv2_plan_and_preprocess", "-d", dataset, "-c", "3d_fullres", "-np", "2",
          "--verify_dataset_integrity"], env)

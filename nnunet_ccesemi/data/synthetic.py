@@ -4,6 +4,11 @@ Each case is a noisy volume holding one ellipsoid "organ" of random size, positi
 brighter than the background, under a smooth multiplicative bias field (as in MRI) and with a
 per-case intensity offset. Anisotropic spacing and a non-trivial origin exercise nnU-Net's
 resampling and the geometry round trip. Used by the demo and the integration tests.
+
+How much the cases vary is a :class:`Variation`, set separately for the labelled cases and for the
+cohort (unlabelled and test cases): the demo labels a few homogeneous cases and leaves a cohort that
+varies more (weaker contrast, stronger bias field, more noise, other sizes), as the scans a clinic
+labels first tend to be the clean ones.
 """
 from __future__ import annotations
 
@@ -16,28 +21,50 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class Variation:
+    """The ranges a case is drawn from: organ radii (fraction of the half-width), organ contrast over the
+    background, the bias field's strength (log-gain per unit distance) and the noise's standard deviation."""
+    radius_range: tuple[float, float] = (0.25, 0.5)
+    contrast_range: tuple[float, float] = (1.2, 1.2)
+    bias_strength: float = 0.3
+    noise_range: tuple[float, float] = (0.6, 0.6)
+
+
+@dataclass(frozen=True)
 class SyntheticSpec:
     n_labeled: int = 6
     n_unlabeled: int = 12
     n_test: int = 4
     shape: tuple[int, int, int] = (20, 40, 40)  # (z, y, x), numpy order
     spacing: tuple[float, float, float] = (1.0, 1.0, 2.0)  # (x, y, z), SimpleITK order
-    noise: float = 0.6
     seed: int = 0
+    labeled: Variation = Variation()
+    cohort: Variation = Variation()  # unlabelled and test cases
 
 
-def synthetic_case(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_case(rng: np.random.Generator, spec: SyntheticSpec,
+                   variation: Variation = Variation()) -> tuple[np.ndarray, np.ndarray]:
     """One (image float32, label uint8) pair in numpy (z, y, x) order."""
     grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in spec.shape], indexing="ij"), axis=-1)
     centre = rng.uniform(-0.35, 0.35, size=3)
-    radii = rng.uniform(0.25, 0.5, size=3)
+    radii = rng.uniform(*variation.radius_range, size=3)
     rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     local = (grid - centre) @ rotation
     label = ((local / radii) ** 2).sum(-1) <= 1.0
 
-    bias = np.exp(0.3 * (grid @ rng.normal(size=3)))  # smooth multiplicative field
-    image = (1.0 + 1.2 * label) * bias + spec.noise * rng.normal(size=spec.shape) + rng.uniform(-0.5, 0.5)
+    bias = np.exp(variation.bias_strength * (grid @ rng.normal(size=3)))  # smooth multiplicative field
+    standard_noise = rng.normal(size=spec.shape)
+    offset = rng.uniform(-0.5, 0.5)
+    # drawn last and only from a real range, so that the default variation writes the same cases as
+    # earlier versions did (tests and published demo figures depend on them)
+    contrast, noise = (_draw(rng, variation.contrast_range), _draw(rng, variation.noise_range))
+    image = (1.0 + contrast * label) * bias + noise * standard_noise + offset
     return image.astype(np.float32), label.astype(np.uint8)
+
+
+def _draw(rng: np.random.Generator, value_range: tuple[float, float]) -> float:
+    low, high = value_range
+    return low if low == high else float(rng.uniform(low, high))
 
 
 def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "CCESemiDemo",
@@ -57,12 +84,12 @@ def write_synthetic_dataset(raw_root: str, dataset_id: int, name: str = "CCESemi
         image.SetOrigin((10.0, -5.0, 3.0))
         sitk.WriteImage(image, path, useCompression=True)
 
-    groups = (("imagesTr", "labelsTr", "lab", spec.n_labeled),
-              ("imagesUnlabeled", None, "unl", spec.n_unlabeled),
-              ("imagesTs", "labelsTs", "test", spec.n_test))
-    for image_folder, label_folder, prefix, count in groups:
+    groups = (("imagesTr", "labelsTr", "lab", spec.n_labeled, spec.labeled),
+              ("imagesUnlabeled", None, "unl", spec.n_unlabeled, spec.cohort),
+              ("imagesTs", "labelsTs", "test", spec.n_test, spec.cohort))
+    for image_folder, label_folder, prefix, count, variation in groups:
         for i in range(count):
-            image, label = synthetic_case(rng, spec)
+            image, label = synthetic_case(rng, spec, variation)
             case = f"{prefix}{i:03d}"
             save(image, join(folder, image_folder, f"{case}_0000.nii.gz"))
             if label_folder is not None:
