@@ -76,6 +76,8 @@ def test_rank_sorts_most_informative_first_with_stable_ties():
               "b": {"disagreement": 2.0, "soft_dice": 0.5}}
     assert rank(scores, "disagreement") == ["b", "a", "c"]
     assert rank(scores, "soft_dice") == ["a", "b", "c"]  # low soft Dice = the networks disagree
+    # the default is the score that tracked the true error best on the Left Atrium data
+    assert rank(scores) == ["a", "b", "c"]
     with pytest.raises(ValueError, match="unknown score 'dice'"):
         rank(scores, "dice")
 
