@@ -1,7 +1,8 @@
 """``nnUNetv2_ccesemi_demo``: the whole semi-supervised workflow on a small synthetic dataset, on a CPU.
 
 Runs the stock nnU-Net commands and the plugin's own, exactly as a user would: write the dataset
-(labelled, unlabelled and test cases), ``nnUNetv2_plan_and_preprocess``, preprocess the unlabelled
+(a few clean labelled cases; unlabelled and test cases from a cohort that varies more, see
+:func:`demo_spec`), ``nnUNetv2_plan_and_preprocess``, preprocess the unlabelled
 cases, add the CPU configuration, train nnU-Net's supervised trainer and the dual-network trainer on
 the same labelled cases with the same budget, predict the test cases with the stock predictor (and,
 for the dual-network trainer, with both networks and uncertainty maps), and print the papers' metrics.
@@ -107,8 +108,10 @@ def main(argv=None) -> None:
             predictions[f"{trainer}, mean of both networks"] = folder + "_both"
 
     labels = join(raw_folder, "labelsTs")
-    print(f"\nTest set ({len(os.listdir(labels))} synthetic cases), label 'organ', configuration "
-          f"{args.configuration}, fold all, last checkpoint; distances in voxels:")
+    print(f"\nTest set: {len(os.listdir(labels))} synthetic cases of the varied cohort (the unlabelled cases come "
+          f"from it, the {demo_spec().n_labeled} labelled ones are cleaner), label 'organ', configuration "
+          f"{args.configuration}, fold all, last checkpoint; distances in voxels. nnU-Net does not seed its "
+          f"runs: figures differ between runs.")
     width = max(len(name) for name in predictions)
     for name, folder in predictions.items():
         mean = evaluate_folders(labels, folder, labels=[1])["mean"]["1"]

@@ -7,8 +7,8 @@ resampling and the geometry round trip. Used by the demo and the integration tes
 
 How much the cases vary is a :class:`Variation`, set separately for the labelled cases and for the
 cohort (unlabelled and test cases): the demo labels a few homogeneous cases and leaves a cohort that
-varies more (weaker contrast, stronger bias field, more noise, other sizes), as the scans a clinic
-labels first tend to be the clean ones.
+varies more (a stronger bias field, more noise, a wider range of sizes), as the scans a clinic labels
+first tend to be the clean ones.
 """
 from __future__ import annotations
 
