@@ -35,6 +35,14 @@ def clean_env(root: Path, **extra: str) -> dict:
     return env
 
 
+def nnunet_env(root: Path, **extra: str) -> dict:
+    """:func:`clean_env` with nnU-Net's three folders created."""
+    env = clean_env(root, **extra)
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.makedirs(env[variable])
+    return env
+
+
 def run_cli(args: list[str], env: dict, check: bool = True, timeout: int = 900) -> subprocess.CompletedProcess:
     # the commands write UTF-8 (tqdm's bars, names with accents) whatever this process's locale is
     result = subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, encoding="utf-8",
@@ -51,9 +59,7 @@ def planned_dataset(tmp_path_factory):
     from nnunet_ccesemi.data.synthetic import SyntheticSpec, write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("nnunet")
-    env = clean_env(root)
-    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
-        os.makedirs(env[variable])
+    env = nnunet_env(root)
     raw_folder = write_synthetic_dataset(env["nnUNet_raw"], DATASET_ID, "Tiny", SyntheticSpec(**TINY_SPEC_KWARGS))
     run_cli(["nnUNetv2_plan_and_preprocess", "-d", str(DATASET_ID), "-c", "3d_fullres", "-np", "1",
              "--verify_dataset_integrity"], env)
