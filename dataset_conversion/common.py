@@ -56,7 +56,7 @@ def read_case_list(path: str | os.PathLike) -> list[str]:
     """
     path = Path(path)
     try:
-        lines = path.read_text().splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         raise ConversionError(f"cannot read the case list {path}: {e}") from e
     ids: list[str] = []
@@ -238,15 +238,19 @@ def dataset_folder_name(dataset_id: int, name: str) -> str:
 
 
 def check_dataset_id_free(output_root: Path, folder_name: str) -> None:
-    """Refuse a second dataset with the same ID under another name (nnU-Net could not choose)."""
-    if not output_root.is_dir():
-        return
+    """Refuse a second dataset with the same ID under another name (nnU-Net could not choose),
+    in the output root and in ``nnUNet_preprocessed``/``nnUNet_results``, where nnU-Net looks too."""
     prefix = folder_name.split("_", 1)[0] + "_"
-    others = sorted(p.name for p in output_root.iterdir()
-                    if p.is_dir() and p.name.startswith(prefix) and p.name != folder_name)
-    if others:
-        raise ConversionError(f"{output_root} already holds {', '.join(others)} with the same "
-                              f"dataset ID; choose another -d or remove it")
+    roots = [output_root] + [Path(os.environ[v]) for v in ("nnUNet_preprocessed", "nnUNet_results")
+                             if os.environ.get(v)]
+    for root in roots:
+        if not root.is_dir():
+            continue
+        others = sorted(p.name for p in root.iterdir()
+                        if p.is_dir() and p.name.startswith(prefix) and p.name != folder_name)
+        if others:
+            raise ConversionError(f"{root} already holds {', '.join(others)} with the same "
+                                  f"dataset ID; choose another -d or remove it")
 
 
 @contextlib.contextmanager
@@ -290,11 +294,22 @@ def read_image(path: Path, what: str) -> sitk.Image:
 
 
 def check_scalar_volume(image: sitk.Image, path: Path) -> None:
-    """A 3D image with one component per voxel."""
+    """A 3D image with one component per voxel and only finite values."""
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise ConversionError(f"{path}: expected a 3D single-channel volume, got "
                               f"{image.GetDimension()}D with "
                               f"{image.GetNumberOfComponentsPerPixel()} components per voxel")
+    check_finite(sitk.GetArrayViewFromImage(image), path)
+
+
+def check_finite(array: np.ndarray, path: Path) -> None:
+    """No NaN or infinite voxel: nnU-Net's z-scoring would spread one over the whole case."""
+    if not np.issubdtype(array.dtype, np.floating):
+        return
+    bad = array.size - np.count_nonzero(np.isfinite(array))
+    if bad:
+        raise ConversionError(f"{path}: {bad} voxel(s) are NaN or infinite; expected finite "
+                              f"intensities (fix or mask them in the source file)")
 
 
 def check_same_grid(reference: sitk.Image, other: sitk.Image, reference_path: Path, other_path: Path, *,

@@ -22,7 +22,7 @@ labelled or unlabelled cases are an error).
 Output ``<nnUNet_raw>/DatasetXXX_<name>/``: ``imagesTr/<ID>_0000.nii.gz`` + ``labelsTr/<ID>.nii.gz``
 (labelled), ``imagesUnlabeled/<ID>_0000.nii.gz`` (unlabelled), ``imagesTs`` + ``labelsTs``
 (test, when any is present), ``dataset.json`` with ``numUnlabeled`` and the split under
-``ssl_split``. Written to a hidden temporary folder and moved into place when complete.
+``ssl_split``. Written to a temporary sibling folder and moved into place when complete.
 
 Development protocol (held-back test cases that no training run reads, not even unlabelled)::
 
@@ -49,7 +49,7 @@ from nnunet_ccesemi.parallel import run_jobs
 
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
-                     check_label_values, check_same_grid, check_scalar_volume,
+                     check_finite, check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image,
                      resolve_num_labeled, resolve_output_root, shipped_list,
@@ -146,11 +146,22 @@ def _h5_array(h5_file: h5py.File, key: str, path: Path) -> np.ndarray:
         found = ", ".join(h5_file.keys()) or "none"
         raise ConversionError(f"{path} has no dataset '{key}' (found: {found}); expected "
                               f"datasets 'image' and 'label'")
-    array = h5_file[key][()]
+    entry = h5_file[key]
+    if not isinstance(entry, h5py.Dataset) or not np.issubdtype(entry.dtype, np.number):
+        raise ConversionError(f"{path}: '{key}' is {_describe_h5_entry(entry)}; expected a numeric "
+                              f"3D (x, y, z) dataset")
+    array = entry[()]
     if array.ndim != 3:
         raise ConversionError(f"{path}: dataset '{key}' has shape {array.shape}; expected a 3D "
                               f"(x, y, z) array")
+    check_finite(array, path)
     return array
+
+
+def _describe_h5_entry(entry: object) -> str:
+    if isinstance(entry, h5py.Dataset):
+        return f"a dataset of dtype {entry.dtype}"
+    return "a group" if isinstance(entry, h5py.Group) else f"a {type(entry).__name__}"
 
 
 def _xyz_array_to_image(array_xyz: np.ndarray, spacing: Sequence[float]) -> sitk.Image:
@@ -278,6 +289,9 @@ def resolve_spacing(layout: SourceLayout, spacing: list[float] | None) -> tuple[
             print("note: --spacing is ignored for nrrd input; the files' own geometry is kept",
                   file=sys.stderr)
         return ()
+    if spacing is None:
+        print(f"note: h5 files carry no spacing and --spacing was not given; assuming "
+              f"{DEFAULT_H5_SPACING} mm isotropic (the UA-MT files' grid)", file=sys.stderr)
     values = [DEFAULT_H5_SPACING] if spacing is None else spacing
     if len(values) == 1:
         values = values * 3

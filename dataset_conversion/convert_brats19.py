@@ -36,7 +36,7 @@ belongs to the shipped split).
 Output ``<nnUNet_raw>/DatasetXXX_<name>/``: ``imagesTr`` + ``labelsTr`` (labelled),
 ``imagesUnlabeled`` (unlabelled), ``imagesTs`` + ``labelsTs`` (test), ``imagesVal`` +
 ``labelsVal`` (validation), ``dataset.json``; case IDs are the BraTS IDs
-(``BraTS19_2013_0_1_0000.nii.gz``). Written to a hidden temporary folder and moved into place when
+(``BraTS19_2013_0_1_0000.nii.gz``). Written to a temporary sibling folder and moved into place when
 complete.
 """
 from __future__ import annotations

@@ -30,7 +30,7 @@ channel's grid: size, spacing, origin, direction) and written as ``.nii.gz`` wit
 Split: labelled = every case of ``--images``/``--labels``, unlabelled = ``--unlabeled``, test =
 ``--test-images``; a case ID in two of them is an error. Output
 ``<nnUNet_raw>/DatasetXXX_<name>/`` with ``imagesTr``, ``labelsTr``, ``imagesUnlabeled``,
-``imagesTs`` (+ ``labelsTs``) and ``dataset.json``, written to a hidden temporary folder and moved
+``imagesTs`` (+ ``labelsTs``) and ``dataset.json``, written to a temporary sibling folder and moved
 into place when complete.
 """
 from __future__ import annotations
@@ -177,6 +177,20 @@ def group_channels(index: dict[str, Path], suffixes: Sequence[str],
             for case, channels in sorted(found.items())}
 
 
+def check_same_naming(index: dict[str, Path], suffixes: Sequence[str], folder: Path,
+                      images_dir: Path) -> None:
+    """Refuse nnU-Net channel names (``<case>_0000``) in an unlabelled or test folder when the
+    labelled images have one file per case: they would silently become cases ``<case>_0000``."""
+    if tuple(suffixes) != ("",):
+        return
+    channel_named = [path for stem, path in sorted(index.items()) if _NNUNET_CHANNEL.match(stem)]
+    if channel_named:
+        raise ConversionError(f"{name_files(channel_named)} in {folder} follow nnU-Net's channel "
+                              f"naming <case>_0000.<ext>, but the labelled images in {images_dir} "
+                              f"have one file <case>.<ext> per case; name both folders alike (or "
+                              f"give --channel-suffixes)")
+
+
 def index_labels(folder: Path, option: str, label_suffix: str) -> dict[str, Path]:
     """``{case: label file}``; every label file must end in ``label_suffix``."""
     labels = {}
@@ -212,13 +226,17 @@ def collect_roles(args: argparse.Namespace) -> tuple[dict[str, Role], tuple[str,
     images = group_channels(image_index, suffixes, images_dir)
     match_images_and_labels(images, labels, images_dir, labels_dir)
     roles = {"labeled": Role(images, labels), "unlabeled": Role({}, {}), "test": Role({}, {})}
+    def other_images(option: str, folder: Path) -> dict[str, tuple[Path, ...]]:
+        index = index_folder(folder, option)
+        if not args.channel_suffixes:
+            check_same_naming(index, suffixes, folder, images_dir)
+        return group_channels(index, suffixes, folder)
+
     if args.unlabeled:
-        folder = Path(args.unlabeled).absolute()
-        roles["unlabeled"] = Role(group_channels(index_folder(folder, "--unlabeled"), suffixes,
-                                                 folder), {})
+        roles["unlabeled"] = Role(other_images("--unlabeled", Path(args.unlabeled).absolute()), {})
     if args.test_images:
         folder = Path(args.test_images).absolute()
-        test_images = group_channels(index_folder(folder, "--test-images"), suffixes, folder)
+        test_images = other_images("--test-images", folder)
         test_labels: dict[str, Path] = {}
         if args.test_labels:
             test_labels_dir = Path(args.test_labels).absolute()

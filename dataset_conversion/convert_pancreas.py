@@ -55,7 +55,7 @@ What happened to each case is recorded in ``dataset.json`` under
 
 Output ``<nnUNet_raw>/DatasetXXX_<name>/``: ``imagesTr`` + ``labelsTr`` (labelled),
 ``imagesUnlabeled`` (unlabelled), ``imagesTs`` + ``labelsTs`` (test), ``dataset.json`` (split
-under ``ssl_split``). Written to a hidden temporary folder and moved into place when complete.
+under ``ssl_split``). Written to a temporary sibling folder and moved into place when complete.
 """
 from __future__ import annotations
 

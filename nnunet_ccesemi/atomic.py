@@ -94,6 +94,9 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     back to ``<name>`` otherwise (the kill fell between the two renames). Only what processes that no
     longer run left is touched, so a concurrent writer keeps its own. Returns the paths removed or
     put back.
+
+    "No longer runs" is asked of this machine: on a file system shared by several machines, do not
+    write the same target from two of them at once (a live writer elsewhere looks dead from here).
     """
     changed = []
     if not os.path.isdir(folder):

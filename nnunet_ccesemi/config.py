@@ -70,7 +70,7 @@ class MethodConfig:
     contrast_max_samples_per_class: int = 2048
     prototype_momentum: float = 0.0
     """EMA momentum of the class prototypes across iterations; 0 = this batch's prototype where the
-    class is present."""
+    class is present. Needs ``prototype_memory``."""
     prototype_memory: bool = True
     """A class without a reliable voxel in this batch keeps its last prototype (once seen, every class
     has one); False = such a class has no prototype this step (the released code)."""
@@ -89,6 +89,23 @@ class MethodConfig:
         return ", ".join(f"{k}={v}" for k, v in self.as_dict().items())
 
     def __post_init__(self):
+        for name in ("disagreement_weight", "entropy_filter_weight", "cps_weight", "cosine_weight",
+                     "contrast_weight"):
+            if not getattr(self, name) >= 0:  # also catches NaN
+                raise ValueError(f"{name} must be >= 0 (0 switches the term off), got {getattr(self, name)}")
+        if not 0.0 <= self.disagreement_confidence < 1.0:
+            raise ValueError(f"disagreement_confidence must lie in [0, 1), got {self.disagreement_confidence}")
+        if not 0.0 < self.contrast_sample_fraction <= 1.0:
+            raise ValueError(f"contrast_sample_fraction must lie in (0, 1], got {self.contrast_sample_fraction}")
+        if self.contrast_max_samples_per_class < 1:
+            raise ValueError(f"contrast_max_samples_per_class must be >= 1, got "
+                             f"{self.contrast_max_samples_per_class}")
+        if not 0.0 <= self.unsupervised_rampup_fraction <= 1.0:
+            raise ValueError(f"unsupervised_rampup_fraction must lie in [0, 1], got "
+                             f"{self.unsupervised_rampup_fraction}")
+        if self.prototype_momentum > 0 and not self.prototype_memory:
+            # without memory the bank forgets every step, so there is nothing to average with
+            raise ValueError("prototype_momentum > 0 needs prototype_memory=True")
         if not 0.0 < self.entropy_quantile <= 1.0:
             raise ValueError(f"entropy_quantile must lie in (0, 1], got {self.entropy_quantile}")
         if not 0.0 <= self.prototype_momentum < 1.0:

@@ -18,6 +18,14 @@ CONFIG = "3d_cpu"
 TINY_SPEC_KWARGS = dict(n_labeled=4, n_unlabeled=4, n_test=2, shape=(16, 32, 32), seed=1)
 
 
+@pytest.fixture(autouse=True)
+def no_user_nnunet_folders(monkeypatch):
+    """A developer's own nnU-Net folders must not reach the in-process tests (a converter refuses an
+    ID that its nnUNet_preprocessed already holds under another name)."""
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        monkeypatch.delenv(variable, raising=False)
+
+
 def clean_env(root: Path, **extra: str) -> dict:
     """What a new shell of a user has: PATH, HOME and nnU-Net's three folders; no nnUNet_extTrainer."""
     env = {

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from nnunet_ccesemi.data.layout import UnlabeledDataError, check_preprocessed_unlabeled, manifest_path
 from nnunet_ccesemi.data.preprocess import check_dimensionality
-from nnunet_ccesemi.training.dual_network_trainer import seed_from_environment
+from nnunet_ccesemi.training.dual_network_trainer import seed_from_environment, stream_seed
 from tests.conftest import CONFIG, DATASET_ID, run_cli
 
 COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled -d Dataset777_Tiny -c 3d_cpu -p nnUNetPlans"
@@ -78,6 +78,12 @@ def test_seed_variable_must_be_an_integer(monkeypatch):
     assert seed_from_environment() == 12
 
 
+def test_resumed_runs_and_ranks_get_their_own_streams():
+    assert stream_seed(12, 0, 0) == 12 and stream_seed(12, 1, 0) == 13  # a fresh run as before
+    seeds = {stream_seed(12, rank, epoch) for rank in range(8) for epoch in range(1000)}
+    assert len(seeds) == 8000  # no resumed epoch or rank replays another's stream
+
+
 @pytest.mark.integration
 def test_preprocess_unlabelled_for_a_configuration_not_in_the_plans(planned_dataset):
     result = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_lowres"],
@@ -95,3 +101,23 @@ def test_train_typos_reach_the_user(planned_dataset, args, message):
     result = run_cli(["nnUNetv2_train", str(DATASET_ID), *args, "-device", "cpu"], planned_dataset["env"], check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+@pytest.mark.integration
+def test_unlabelled_stream_of_a_dataset_with_an_ignore_label(planned_dataset):
+    """nnU-Net's loader looks for annotated voxels when a dataset has an ignore label; unlabelled
+    cases have none (no class locations), so their crops must stay uniformly random."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from nnunet_ccesemi.data.layout import preprocessed_unlabeled_folder
+    from nnunet_ccesemi.data.stream import make_unlabeled_stream
+
+    folder = preprocessed_unlabeled_folder(planned_dataset["preprocessed"], "nnUNetPlans_3d_fullres")
+    dataset = infer_dataset_class(folder)(folder)
+    labels = LabelManager({"background": 0, "sphere": 1, "ignore": 2}, regions_class_order=None)
+    assert labels.has_ignore_label
+    stream = make_unlabeled_stream(dataset, 2, (16, 16, 16), (16, 16, 16), labels, transforms=None,
+                                   num_processes=0, pin_memory=False)
+    batch = next(stream)
+    assert batch["data"].shape[0] == 2 and batch["data"].shape[2:] == (16, 16, 16)

@@ -348,8 +348,33 @@ def _unreadable_file(root: Path) -> tuple[Path, str]:
     return path, "cannot read"
 
 
+def _image_is_a_group(root: Path) -> tuple[Path, str]:
+    path = _h5_path(root, TRAIN_IDS[2])
+    with h5py.File(path, "w") as h5_file:
+        h5_file.create_group("image")
+        h5_file.create_dataset("label", data=case_arrays(2)[1])
+    return path, "'image' is a group"
+
+
+def _text_label(root: Path) -> tuple[Path, str]:
+    path = _h5_path(root, TRAIN_IDS[0])
+    with h5py.File(path, "w") as h5_file:
+        h5_file.create_dataset("image", data=case_arrays(0)[0])
+        h5_file.create_dataset("label", data=np.array([b"abc"]))
+    return path, "'label' is a dataset of dtype |S3"
+
+
+def _nan_intensity(root: Path) -> tuple[Path, str]:
+    path = _h5_path(root, TRAIN_IDS[5])  # an unlabelled case
+    image, label = case_arrays(5)
+    image[1, 2, 3], image[0, 0, 0] = np.nan, np.inf
+    write_h5(path, image, label)
+    return path, "2 voxel(s) are NaN or infinite"
+
+
 @pytest.mark.parametrize("break_input", [_bad_label_value, _shape_mismatch, _missing_dataset,
-                                         _missing_file, _unreadable_file])
+                                         _missing_file, _unreadable_file, _image_is_a_group,
+                                         _text_label, _nan_intensity])
 def test_h5_errors_name_the_file(h5_root, lists, tmp_path, capsys, break_input):
     path, message = break_input(h5_root)
     out = tmp_path / "raw"
@@ -494,6 +519,24 @@ def test_read_case_list_errors(tmp_path, text, message):
     with pytest.raises(ConversionError, match=message) as info:
         read_case_list(path)
     assert str(path) in str(info.value)
+
+
+def test_read_case_list_ignores_a_byte_order_mark(tmp_path):
+    path = tmp_path / "windows.list"
+    path.write_bytes("A\r\nB\r\n".encode("utf-8-sig"))
+    assert read_case_list(path) == ["A", "B"]
+
+
+def test_same_dataset_id_in_nnunet_preprocessed_is_refused(h5_root, lists, tmp_path, capsys,
+                                                          monkeypatch):
+    preprocessed = tmp_path / "preprocessed"
+    (preprocessed / "Dataset601_Other").mkdir(parents=True)
+    monkeypatch.setenv("nnUNet_preprocessed", str(preprocessed))
+    out = tmp_path / "raw"
+    assert convert(h5_root, out, lists) == 1
+    err = capsys.readouterr().err
+    assert str(preprocessed) in err and "Dataset601_Other" in err
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_read_case_list_missing_file(tmp_path):

@@ -282,11 +282,25 @@ def _space_in_case_id(paths):
     return paths["unlabeled"] / "liver 08.nii.gz", "not usable as a case ID"
 
 
+def _channel_naming_in_unlabeled(paths):
+    path = write(image_array(0), paths["unlabeled"] / "liver_08_0000.nii.gz")
+    return path, "follow nnU-Net's channel naming"
+
+
+def _nan_in_float_image(paths):
+    array = image_array(3).astype(np.float32)
+    array[0, 1, 2] = np.nan
+    (paths["test_images"] / "liver_06.nii.gz").unlink()
+    path = write(array, paths["test_images"] / "liver_06.mha")  # NIfTI I/O would zero the NaN
+    return path, "1 voxel(s) are NaN or infinite"
+
+
 @pytest.mark.parametrize("break_input", [_gap_in_values, _value_outside_names, _non_integer_label,
                                          _label_shape, _label_spacing, _image_without_label,
                                          _label_without_image, _unreadable_image,
                                          _same_case_twice, _two_files_one_case,
-                                         _space_in_case_id])
+                                         _space_in_case_id, _channel_naming_in_unlabeled,
+                                         _nan_in_float_image])
 def test_errors_name_the_file(single, tmp_path, capsys, break_input):
     path, message = break_input(single)
     names_args = (["--label-names", "background", "a", "b"]

@@ -369,6 +369,15 @@ def test_cli_refuses_truncated_segmentation_and_writes_no_summary(folders, tmp_p
     assert sorted(p.name for p in prediction_folder.iterdir()) == [f"case_{i}.nii.gz" for i in range(3)]
 
 
+def test_cli_refuses_a_bad_output_path_before_scoring(folders, tmp_path):
+    reference_folder, prediction_folder, _ = folders
+    for output, reason in [(tmp_path, r" \(it is a folder\)$"), (tmp_path / "no" / "s.json", "$")]:
+        with pytest.raises(SystemExit, match=rf"^ERROR: -o {re.escape(str(output))} must be a JSON file in an "
+                                             rf"existing folder{reason}"):
+            main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "-o", str(output)])
+    assert not (tmp_path / "no").exists()
+
+
 def test_la_eval_wrapper_keeps_its_line(folders, capsys):
     reference_folder, prediction_folder, _ = folders
     spec = importlib.util.spec_from_file_location("la_eval", REPO_ROOT / "benchmarks" / "la_eval.py")

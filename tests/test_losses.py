@@ -504,6 +504,16 @@ def test_prototype_bank_ema_blends_and_keeps_absent_classes():
     assert present.tolist() == [True, True, True]
 
 
+def test_prototype_bank_keeps_the_new_prototype_when_the_blend_cancels():
+    bank = PrototypeBank(num_classes=2, momentum=0.5)
+    bank.update(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([True, True]))
+    prototypes, present = bank.update(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]), torch.tensor([True, True]))
+    s = 1 / math.sqrt(2)
+    # class 0: old and new are opposite, their mean is no direction; class 1 blends as usual
+    torch.testing.assert_close(prototypes, torch.tensor([[-1.0, 0.0], [s, s]]))
+    assert present.tolist() == [True, True]
+
+
 def test_prototype_bank_state_dict_round_trip():
     bank = PrototypeBank(num_classes=2, momentum=0.9)
     bank.update(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]), torch.tensor([True, False]))

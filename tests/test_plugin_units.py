@@ -65,6 +65,25 @@ def test_config_is_frozen_and_validated():
         MethodConfig(peer_decoder_convs_per_stage=0)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("contrast_weight", -0.1, "contrast_weight must be >= 0"),
+    ("cps_weight", float("nan"), "cps_weight must be >= 0"),
+    ("disagreement_confidence", 1.0, "disagreement_confidence must lie in"),
+    ("contrast_sample_fraction", 0.0, "contrast_sample_fraction must lie in"),
+    ("contrast_max_samples_per_class", 0, "contrast_max_samples_per_class must be >= 1"),
+    ("unsupervised_rampup_fraction", 1.5, "unsupervised_rampup_fraction must lie in"),
+])
+def test_config_rejects_out_of_range_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        CCE_CONFIG.replace(**{field: value})
+
+
+def test_config_momentum_needs_the_memory():
+    with pytest.raises(ValueError, match="prototype_momentum > 0 needs prototype_memory=True"):
+        CCE_CONFIG.replace(prototype_memory=False, prototype_momentum=0.9)
+    assert CCE_CONFIG.replace(prototype_memory=False).prototype_momentum == 0.0
+
+
 def test_add_cpu_config_names_the_missing_plans_file_and_writes_nothing(tmp_path, monkeypatch, capsys):
     from nnunet_ccesemi.cli.add_cpu_config import main
 
@@ -74,6 +93,36 @@ def test_add_cpu_config_names_the_missing_plans_file_and_writes_nothing(tmp_path
         main(["-d", "Dataset778_Empty"])
     assert "no plans file " + str(tmp_path / "Dataset778_Empty" / "nnUNetPlans.json") in capsys.readouterr().err
     assert list((tmp_path / "Dataset778_Empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["predict", "rank_unlabeled"])
+def test_model_commands_refuse_an_unknown_dataset_and_a_bad_fold(command, tmp_path, capsys, monkeypatch):
+    import importlib
+
+    main = importlib.import_module(f"nnunet_ccesemi.cli.{command}").main
+    with pytest.raises(SystemExit, match=r"^ERROR: .*nnUNet_results"):
+        main(["-d", "Dataset999_Nowhere", "-c", "3d_fullres", "-tr", "nnUNetTrainerCCE", "-i", str(tmp_path),
+              "-o", str(tmp_path / "out")])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))  # nnU-Net reads it at each use
+    tmp_path = tmp_path / "inputs"
+    tmp_path.mkdir()
+    common = ["-d", "Dataset999_Nowhere", "-c", "3d_fullres", "-tr", "nnUNetTrainerCCE"]
+    outputs = ["-i", str(tmp_path), "-o", str(tmp_path / ("out" if command == "predict" else "r.csv"))]
+    with pytest.raises(SystemExit, match=r"^ERROR: no trained model at .*Dataset999_Nowhere"):
+        main(common + outputs)
+    with pytest.raises(SystemExit):
+        main(common + outputs + ["-f", "0", "one"])
+    assert "argument -f: expected 'all' or a fold number (0, 1, ...), got 'one'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_dataset_name_explains_an_unknown_id(tmp_path, monkeypatch):
+    from nnunet_ccesemi.cli.plans import dataset_name, fold
+
+    with pytest.raises(FileNotFoundError, match="dataset '998': Could not find a dataset with the ID 998"):
+        dataset_name("998")
+    assert dataset_name("Dataset998_X") == "Dataset998_X"
+    assert [fold("all"), fold("3")] == ["all", 3]
 
 
 def test_cps_config_switches_off_everything_but_cps():

@@ -49,11 +49,12 @@ def _probabilities(folder, case):
 @pytest.mark.integration
 def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
     planned, _ = trained_cce
-    outputs = {name: tmp_path / name for name in ("stock", "a", "b", "both")}
+    outputs = {name: tmp_path / name for name in ("stock", "a", "b", "both", "both_no_maps")}
     _predict(planned, outputs["stock"], "--save_probabilities", command="nnUNetv2_predict")
     for networks in ("a", "b"):
         _predict(planned, outputs[networks], "--networks", networks, "--save_probabilities")
     _predict(planned, outputs["both"], "--save_probabilities", "--uncertainty")
+    _predict(planned, outputs["both_no_maps"], "--save_probabilities")  # the running-sum path
 
     for image_file in sorted((planned["raw"] / "imagesTs").iterdir()):
         case = image_file.name.replace("_0000.nii.gz", "")
@@ -63,6 +64,7 @@ def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
         # the ensemble is the mean of the two networks' softmax (no resampling on this dataset)
         mean = (_probabilities(outputs["a"], case) + _probabilities(outputs["b"], case)) / 2
         np.testing.assert_allclose(_probabilities(outputs["both"], case), mean, atol=1e-5)
+        np.testing.assert_allclose(_probabilities(outputs["both_no_maps"], case), mean, atol=1e-5)
         segmentation = sitk.GetArrayFromImage(sitk.ReadImage(str(outputs["both"] / f"{case}.nii.gz")))
         np.testing.assert_array_equal(segmentation, mean.argmax(0))
 

@@ -128,6 +128,13 @@ def test_class_quantiles_match_torch_quantile_with_many_classes_and_ties(q):
     assert torch.isnan(thresholds[5])
 
 
+def test_nan_entropy_counts_as_least_confident():
+    values = torch.tensor([float("nan"), 0.3, 0.1, 0.2, float("nan")])
+    thresholds, counts = class_quantiles(values, torch.zeros(5, dtype=torch.long), 1, 0.5)
+    # sorted 0.1, 0.2, 0.3, +inf, +inf: the lower median is 0.3, where NaN as 0 would give 0.1
+    assert thresholds.tolist() == [pytest.approx(0.3)] and counts.tolist() == [5]
+
+
 def test_class_quantiles_reject_bad_input():
     with pytest.raises(ValueError, match="q must lie in"):
         class_quantiles(torch.rand(4), torch.zeros(4, dtype=torch.long), 2, 1.5)

@@ -114,7 +114,12 @@ def test_objective_is_compiled_where_nnunet_compiles_and_both_steps_use_it(plann
     trainer.sequential_step = True
     trainer.train_step(next(trainer.dataloader_train))
     assert len(calls) == 3  # one joint call, two sequential ones
+    hooks = trainer._feature_hooks
     trainer.on_train_end()
+    # the final validation's sliding window runs without the contrastive term's feature capture
+    assert len(hooks) == 2 and trainer._feature_hooks == [] and all(h.features is None for h in hooks)
+    trainer.network(torch.zeros(1, 1, *trainer.configuration_manager.patch_size))
+    assert all(h.features is None for h in hooks)
 
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCPS_5epochs"], indirect=True)

@@ -17,9 +17,10 @@ from os.path import isdir, isfile, join
 
 from tqdm import tqdm
 
+from nnunet_ccesemi.cli.plans import dataset_name
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 
-FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs")
+FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal", "labelsVal", "imagesTs", "labelsTs")
 
 
 def damaged_files(raw_dataset_folder: str, file_ending: str, progress: bool = False) -> tuple[int, list[str]]:
@@ -42,15 +43,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
     if not nnUNet_raw:
         sys.exit("ERROR: set the environment variable nnUNet_raw (see nnU-Net's documentation/setting_up_paths.md)")
     try:
-        dataset_name = maybe_convert_to_dataset_name(args.d)
-    except RuntimeError as e:
+        name = dataset_name(args.d)
+    except FileNotFoundError as e:
         sys.exit(f"ERROR: {e}")
-    folder = join(os.fspath(nnUNet_raw), dataset_name)
+    folder = join(os.fspath(nnUNet_raw), name)
     if not isfile(join(folder, "dataset.json")):
         sys.exit(f"ERROR: {join(folder, 'dataset.json')} not found: is {folder} a raw nnU-Net dataset?")
     with open(join(folder, "dataset.json")) as f:

@@ -24,7 +24,7 @@ import argparse
 import os
 import shlex
 import sys
-from os.path import join
+from os.path import abspath, dirname, isdir, join
 
 from nnunet_ccesemi.evaluation.folders import UNITS, EvaluationError, evaluate_folders, format_table, write_summary
 from nnunet_ccesemi.evaluation.metrics import EMPTY_CONVENTIONS
@@ -66,6 +66,11 @@ def main(argv=None) -> None:
 
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "nnUNetv2_ccesemi_evaluate",
                           *(sys.argv[1:] if argv is None else argv)])
+    output = args.o or join(args.pred, DEFAULT_OUTPUT_NAME)
+    if args.o is not None and (isdir(args.o) or not isdir(dirname(abspath(args.o)))):
+        # refuse before the scoring, which can take minutes
+        sys.exit(f"ERROR: -o {args.o} must be a JSON file in an existing folder"
+                 + (" (it is a folder)" if isdir(args.o) else ""))
     try:
         summary = evaluate_folders(args.ref, args.pred, labels=args.l, dataset_json=args.dataset_json,
                                    units=args.units, lcc=args.lcc,
@@ -73,7 +78,6 @@ def main(argv=None) -> None:
                                    missing_as_empty=args.missing_as_empty, num_processes=args.np, command=command)
     except (EvaluationError, WorkerDiedError) as e:
         sys.exit(f"ERROR: {e}")
-    output = args.o or join(args.pred, DEFAULT_OUTPUT_NAME)
     write_summary(summary, output)
     print(format_table(summary))
     print(f"summary written to {output}")

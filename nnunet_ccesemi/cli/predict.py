@@ -12,6 +12,7 @@ import sys
 
 import torch
 
+from nnunet_ccesemi.cli.plans import fold, trained_model_folder
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 from nnunet_ccesemi.inference.predictor import NETWORK_CHOICES
 
@@ -28,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
     parser.add_argument("-tr", default="nnUNetTrainerCCE", help="trainer class (default nnUNetTrainerCCE)")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
+    parser.add_argument("-f", nargs="+", type=fold, default=[0, 1, 2, 3, 4],
                         help="folds to use, or 'all' (default 0 1 2 3 4)")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default "
                                                                      "checkpoint_final.pth)")
@@ -65,19 +66,18 @@ def check_input_files(input_folder: str, model_folder: str) -> None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
-
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
     from nnunet_ccesemi.training.checkpoint import CheckpointError
 
-    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
-    if not os.path.isdir(model_folder):
-        sys.exit(f"ERROR: no trained model at {model_folder} (check -d, -tr, -p and -c, and nnUNet_results)")
+    try:
+        model_folder = trained_model_folder(args.d, args.tr, args.p, args.c)
+    except FileNotFoundError as e:
+        sys.exit(f"ERROR: {e}")
     try:
         check_input_files(args.i, model_folder)
     except ImageFileError as e:
         sys.exit(f"ERROR: {e}. Nothing was predicted.")
-    folds = [f if f == "all" else int(f) for f in args.f]
+    folds = args.f
     if args.device == "cpu":
         torch.set_num_threads(multiprocessing.cpu_count())
     elif args.device == "cuda":

@@ -16,6 +16,7 @@ import sys
 import time
 from os.path import join
 
+from nnunet_ccesemi.cli.plans import dataset_name, fold, trained_model_folder
 from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, network_grid_spacing, rank, score_case
 
 COLUMNS = ("rank", "case", *SCORES, "foreground_voxels", "empty_foreground")
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("-tr", required=True, help="dual-network trainer class, e.g. nnUNetTrainerCCE")
     parser.add_argument("-p", default="nnUNetPlans", help="plans identifier (default nnUNetPlans)")
-    parser.add_argument("-f", nargs="+", default=["0", "1", "2", "3", "4"],
+    parser.add_argument("-f", nargs="+", type=fold, default=[0, 1, 2, 3, 4],
                         help="folds to use, or 'all' (default 0 1 2 3 4)")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint file name (default "
                                                                      "checkpoint_final.pth)")
@@ -87,8 +88,6 @@ def main(argv=None) -> None:
 
     import torch
     from nnunetv2.paths import nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-    from nnunetv2.utilities.file_path_utilities import get_output_folder
     from tqdm import tqdm
 
     from nnunet_ccesemi.data.layout import UnlabeledDataError, find_cases, raw_unlabeled_folder
@@ -96,16 +95,17 @@ def main(argv=None) -> None:
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
     from nnunet_ccesemi.training.checkpoint import CheckpointError
 
-    model_folder = get_output_folder(args.d, args.tr, args.p, args.c)
-    if not os.path.isdir(model_folder):
-        sys.exit(f"ERROR: no trained model at {model_folder} (check -d, -tr, -p and -c, and nnUNet_results)")
+    try:
+        model_folder = trained_model_folder(args.d, args.tr, args.p, args.c)
+    except FileNotFoundError as e:
+        sys.exit(f"ERROR: {e}")
     with open(join(model_folder, "dataset.json")) as f:
         dataset_json = json.load(f)
     input_folder = args.i
     if input_folder is None:
         if not nnUNet_raw:
             sys.exit("ERROR: nnUNet_raw is not set, so imagesUnlabeled cannot be found; set it or pass -i FOLDER")
-        input_folder = raw_unlabeled_folder(join(os.fspath(nnUNet_raw), maybe_convert_to_dataset_name(args.d)))
+        input_folder = raw_unlabeled_folder(join(os.fspath(nnUNet_raw), dataset_name(args.d)))
     try:
         cases = find_cases(input_folder, dataset_json, "input")
         for files in cases.values():
@@ -122,7 +122,7 @@ def main(argv=None) -> None:
         networks="both", uncertainty_folder=maps_folder, tile_step_size=args.step_size, use_gaussian=True,
         use_mirroring=not args.disable_tta, perform_everything_on_device=args.device == "cuda",
         device=torch.device(args.device), verbose=False, allow_tqdm=False)
-    folds = [f if f == "all" else int(f) for f in args.f]
+    folds = args.f
     try:
         predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
     except (CheckpointError, FileNotFoundError, ValueError) as e:

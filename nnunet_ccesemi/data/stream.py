@@ -25,6 +25,9 @@ def make_unlabeled_stream(dataset, batch_size: int, initial_patch_size, patch_si
     loader = nnUNetDataLoader(dataset, batch_size, initial_patch_size, patch_size, label_manager,
                               oversample_foreground_percent=0.0, sampling_probabilities=None, pad_sides=None,
                               transforms=transforms, probabilistic_oversampling=False)
+    # With an ignore label nnU-Net crops around annotated voxels; unlabelled cases have no annotation
+    # (no class locations at all), so their crops stay uniformly random.
+    loader.has_ignore = False
     if num_processes == 0:
         return SingleThreadedAugmenter(loader, None)
     return NonDetMultiThreadedAugmenter(data_loader=loader, transform=None, num_processes=num_processes,

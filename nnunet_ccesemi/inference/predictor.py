@@ -126,15 +126,21 @@ class DualNetworkPredictor(nnUNetPredictor):
         if self.network_b is None:  # initialised by nnU-Net's manual_initialization: A only
             return super().predict_logits_from_preprocessed_data(data)
         members = ("a", "b") if self.networks == "both" else (self.networks,)
+        writes_maps = self.uncertainty_folder is not None and self._current_case is not None \
+            and self._current_case.get("ofile") is not None
+        if not writes_maps:
+            # a running sum: B's probabilities are added into A's buffer, so no third volume is held
+            mean = self._probabilities(data, members[0])
+            for network in members[1:]:
+                mean += self._probabilities(data, network)
+            return self._as_logits(mean.div_(len(members)))
         probs = {network: self._probabilities(data, network) for network in members}
         mean = sum(probs.values()) / len(probs)
-        if self.uncertainty_folder is not None and self._current_case is not None \
-                and self._current_case.get("ofile") is not None:
-            regions = self.label_manager.has_regions
-            maps = {"entropy": predictive_entropy(mean, regions=regions)}
-            if len(probs) == 2:
-                maps["disagreement"] = symmetric_kl(probs["a"], probs["b"], regions=regions)
-            self._write_uncertainty_maps(maps, self._current_case)
+        regions = self.label_manager.has_regions
+        maps = {"entropy": predictive_entropy(mean, regions=regions)}
+        if len(probs) == 2:
+            maps["disagreement"] = symmetric_kl(probs["a"], probs["b"], regions=regions)
+        self._write_uncertainty_maps(maps, self._current_case)
         return self._as_logits(mean)
 
     def _as_logits(self, probs: torch.Tensor) -> torch.Tensor:

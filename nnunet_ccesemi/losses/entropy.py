@@ -6,7 +6,8 @@ networks, confidence being measured by the normalised entropy of the softmax pro
 
 Everything here is computed in float32 whatever the input precision (the entropy of float16
 probabilities loses its small terms, and the quantile of a half tensor is refused by
-``torch.quantile``), and on the device: no ``.item()``, no numpy.
+``torch.quantile``), and on the device: no ``.item()``, no numpy (under DDP, one host
+synchronisation exchanges the ranks' sizes).
 """
 from __future__ import annotations
 
@@ -109,7 +110,8 @@ def batch_quantile(
 ) -> torch.Tensor:
     """The ``q``-quantile of all elements of ``values``, on their device, in float32.
 
-    Definition (that of ``torch.quantile`` and ``numpy.percentile``, which the released code used):
+    Definition (that of ``torch.quantile`` and ``numpy.percentile``, which the released code used;
+    the rank is computed exactly, in float64, where ``torch.quantile`` rounds it in float32):
     sort the ``n`` elements ``v_(0) <= ... <= v_(n-1)``, let ``r = q (n - 1)``; then
     ``linear``: ``v_(floor r) + (r - floor r) (v_(ceil r) - v_(floor r))``, ``lower``: ``v_(floor r)``,
     ``higher``: ``v_(ceil r)``. So q = 0 gives the minimum and q = 1 the maximum. The order
@@ -191,7 +193,8 @@ def class_quantiles(
 
     Args:
         values: non-negative values (entropies), any shape and floating dtype; detached. Negative
-            values (and -0.0) count as +0.0: their bits would sort after every positive value.
+            values (and -0.0) count as +0.0: their bits would sort after every positive value;
+            NaN counts as +inf (least confident), so a NaN entropy never lowers a threshold.
         labels: integer class labels in [0, C), the shape of ``values``.
         num_classes: C.
         q: quantile level in [0, 1].
@@ -210,6 +213,7 @@ def class_quantiles(
     if values.shape != labels.shape:
         raise ValueError(f"values and labels differ in shape: {tuple(values.shape)} vs {tuple(labels.shape)}")
     flat = values.detach().reshape(-1).float()
+    flat = flat.nan_to_num(nan=float("inf"), posinf=float("inf"))
     flat = torch.where(flat > 0, flat, torch.zeros_like(flat))
     keys = (labels.reshape(-1).long() << _CLASS_KEY_SHIFT) | flat.view(torch.int32).long()
     if distributed_active(distributed):

@@ -160,7 +160,9 @@ class PrototypeBank(nn.Module):
             stored_prototypes = self.prototypes.to(prototypes.device)
             stored_present = self.present.to(present.device)
         blended = F.normalize(self.momentum * stored_prototypes + (1.0 - self.momentum) * prototypes, dim=1)
-        fresh_or_blended = torch.where((present & stored_present).unsqueeze(1), blended, prototypes)
+        # Opposite old and new directions blend to the zero vector, which is no direction: keep new.
+        usable_blend = present & stored_present & (blended.norm(dim=1) > 0.5)
+        fresh_or_blended = torch.where(usable_blend.unsqueeze(1), blended, prototypes)
         new_prototypes = torch.where(present.unsqueeze(1), fresh_or_blended, stored_prototypes)
         # Rebind rather than copy_: the tensors handed out last step may still be saved in a graph.
         self.prototypes = new_prototypes

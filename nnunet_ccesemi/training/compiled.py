@@ -41,7 +41,7 @@ class CompiledWithEagerFallback:
             return self.eager(*args, **kwargs)
         try:
             return self.compiled(*args, **kwargs)
-        except torch.OutOfMemoryError:
+        except torch.cuda.OutOfMemoryError:
             raise
         except Exception as error:  # compiler errors have many types (dynamo, inductor, triton)
             result = self.eager(*args, **kwargs)  # an error eager execution shares propagates from here

@@ -85,6 +85,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def stream_seed(seed: int, rank: int, start_epoch: int) -> int:
+    """The seed of a run's random streams (initialisation, patches, augmentation): ``seed + rank`` for
+    a fresh run; a run resumed at ``start_epoch`` > 0 gets a seed of its own, so that it does not replay
+    the patches and augmentations of epoch 0."""
+    return seed + rank + 10_000 * start_epoch
+
+
 def labeled_part(output, n_labeled: int):
     """The first ``n_labeled`` samples of a network output (a tensor or a deep-supervision list)."""
     if isinstance(output, (list, tuple)):
@@ -212,7 +219,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
                              f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
         # each DDP rank its own stream of random patches, as nnU-Net's unseeded ranks have
-        seed_everything(self.seed + self.local_rank)
+        seed_everything(stream_seed(self.seed, self.local_rank, 0))
         super().initialize()
         config = self.method_config
         network_b = build_peer_network(self.configuration_manager, self.num_input_channels,
@@ -309,6 +316,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self):
+        if self.current_epoch > 0:  # resumed (--c): reseed before nnU-Net starts the loaders
+            seed_everything(stream_seed(self.seed, self.local_rank, self.current_epoch))
         super().on_train_start()
         if self.local_rank == 0:
             for path in remove_stale_temporaries(self.output_folder):
@@ -344,7 +353,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if not self.sequential_step:
             try:
                 stats = self._joint_step(data, target, n_labeled, *ramps)
-            except torch.OutOfMemoryError:
+            except torch.cuda.OutOfMemoryError:
                 if self.is_ddp:
                     # the ranks would leave each other's collectives: switching needs every rank's consent
                     self.print_to_log_file("The joint step ran out of memory. Under DDP the switch to the low-"
@@ -497,6 +506,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.network_b.eval()
 
     def on_epoch_end(self):
+        for hook in self._feature_hooks:  # validation's last forward pass: do not hold it on the device
+            hook.clear()
         super().on_epoch_end()  # increments current_epoch
         if self.local_rank == 0:
             self.plot_method_progress()
@@ -541,6 +552,9 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
+        for hook in self._feature_hooks:  # the final validation's sliding window needs no features
+            hook.remove()
+        self._feature_hooks = []
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
         self.dataloader_unlabeled = None
@@ -575,7 +589,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
                             f"cannot take a checkpoint dict), got {type(filename_or_checkpoint).__name__}")
         if not self.was_initialized:
             self.initialize()
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False)
+        # on the CPU: nnU-Net's loader puts its own copy on the device; ours only feeds B and the banks
+        checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
         check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
         check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__)
         # nnunet_ccesemi <= 0.2 saved one parameter group over both networks: split it as A's and B's
