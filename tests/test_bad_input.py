@@ -84,6 +84,16 @@ def test_resumed_runs_and_ranks_get_their_own_streams():
     assert len(seeds) == 8000  # no resumed epoch or rank replays another's stream
 
 
+def test_preprocess_unlabelled_names_an_unknown_dataset(tmp_path, monkeypatch):
+    from nnunet_ccesemi.cli.preprocess_unlabeled import main
+
+    for variable in ("nnUNet_raw", "nnUNet_preprocessed"):
+        (tmp_path / variable).mkdir()
+        monkeypatch.setenv(variable, str(tmp_path / variable))
+    with pytest.raises(SystemExit, match="^ERROR: dataset '998': Could not find a dataset with the ID 998"):
+        main(["-d", "998"])
+
+
 @pytest.mark.integration
 def test_preprocess_unlabelled_for_a_configuration_not_in_the_plans(planned_dataset):
     result = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_lowres"],

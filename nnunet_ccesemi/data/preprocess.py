@@ -114,7 +114,10 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     if not nnUNet_raw or not nnUNet_preprocessed:  # nnU-Net 2.8: path objects, falsy when unset
         raise UnlabeledDataError("Set the environment variables nnUNet_raw and nnUNet_preprocessed (see nnU-Net's "
                                  "documentation/setting_up_paths.md).")
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    except (RuntimeError, ValueError) as e:  # unknown ID or malformed name: nnU-Net explains which
+        raise UnlabeledDataError(f"dataset {dataset_name_or_id!r}: {e}") from e
     raw_folder = join(os.fspath(nnUNet_raw), dataset_name)
     preprocessed_folder = join(os.fspath(nnUNet_preprocessed), dataset_name)
     plans_file = join(preprocessed_folder, plans_identifier + ".json")
