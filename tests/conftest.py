@@ -37,6 +37,9 @@ def clean_env(root: Path, **extra: str) -> dict:
         "nnUNet_results": str(root / "nnUNet_results"),
         # two background augmenters per stream on a 2-core machine, as nnU-Net would pick
         "nnUNet_n_proc_DA": "2",
+        # one export/evaluation worker after training: nnU-Net's default spawns 8, each importing torch,
+        # which on 2 cores is half of a tiny training run's wall time
+        "nnUNet_def_n_proc": "1",
         "OMP_NUM_THREADS": "2",
     }
     env.update(extra)

@@ -79,6 +79,9 @@ def main(argv=None) -> None:
         env[variable] = join(workdir, variable)
         os.makedirs(env[variable])
     env.setdefault("nnUNet_compile", "f")
+    # nnU-Net's final validation and its scoring spawn 8 workers by default, each importing torch: on a
+    # small machine that costs more than the demo's training epochs
+    env.setdefault("nnUNet_def_n_proc", str(min(8, os.cpu_count() or 1)))
     dataset = str(args.dataset_id)
     started = time.time()
 
