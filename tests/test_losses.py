@@ -22,6 +22,7 @@ from nnunet_ccesemi.losses import (
     kl_divergence_map,
     kl_weighted_cross_pseudo_supervision,
     l2_normalize_voxels,
+    last_decoder_stage,
     masked_cross_entropy,
     normalized_entropy,
     prototype_infonce_loss,
@@ -697,6 +698,15 @@ def test_decoder_feature_hook_captures_and_removes():
     assert hook.features is None
     hook.remove()  # idempotent
 
+
+
+def test_last_decoder_stage_of_a_unet_and_a_clear_error_without_one():
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+    unet = PlainConvUNet(1, 3, (4, 8, 16), torch.nn.Conv3d, 3, (1, 2, 2), 2, 2, 2, norm_op=torch.nn.InstanceNorm3d)
+    assert last_decoder_stage(unet) is unet.decoder.stages[-1]
+    with pytest.raises(ValueError, match="Sequential does not have .*nnUNetTrainerCCE_noContrast"):
+        last_decoder_stage(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 1)))
 
 
 def test_decoder_feature_hook_takes_first_element_of_tuple_output():

@@ -15,7 +15,7 @@ from .entropy import (
     normalized_entropy_from_logits,
     reliable_mask,
 )
-from .features import DecoderFeatureHook, l2_normalize_voxels
+from .features import DecoderFeatureHook, l2_normalize_voxels, last_decoder_stage
 from .objective import DualNetworkObjective, merge_sequential_stats
 from .prototypes import (
     IGNORE_LABEL,
@@ -45,6 +45,7 @@ __all__ = [
     "kl_divergence_map",
     "kl_weighted_cross_pseudo_supervision",
     "l2_normalize_voxels",
+    "last_decoder_stage",
     "masked_cross_entropy",
     "merge_sequential_stats",
     "normalized_entropy",

@@ -36,6 +36,22 @@ def inverse_l2_norm(values: torch.Tensor, dim: int = 1, eps: float = 1e-12) -> t
     return torch.rsqrt((values * values).sum(dim).clamp_min(eps * eps))
 
 
+def last_decoder_stage(network: nn.Module) -> nn.Module:
+    """``network.decoder.stages[-1]``, the stage whose output the segmentation head reads.
+
+    Raises:
+        ValueError: naming the network's class when it has no such stage (a transformer such as
+            Primus, or a custom architecture): the contrastive term has no voxel features to read there.
+    """
+    stages = getattr(getattr(network, "decoder", None), "stages", None)
+    if not isinstance(stages, (nn.ModuleList, nn.Sequential)) or len(stages) == 0:
+        raise ValueError(
+            f"the voxel-prototype contrastive term reads the features of network.decoder.stages[-1], which "
+            f"{type(network).__name__} does not have (dynamic_network_architectures' U-Nets do). Train with "
+            f"contrast_weight=0 (e.g. -tr nnUNetTrainerCCE_noContrast) or a U-Net configuration.")
+    return stages[-1]
+
+
 class DecoderFeatureHook:
     """Captures the output of ``module`` on every forward call into :attr:`features`.
 

@@ -48,7 +48,8 @@ from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlabeled_cases,
                                         preprocessed_unlabeled_folder, preprocessing_fingerprint, raw_unlabeled_folder)
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
-from nnunet_ccesemi.losses import DecoderFeatureHook, DualNetworkObjective, merge_sequential_stats
+from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, last_decoder_stage,
+                                   merge_sequential_stats)
 from nnunet_ccesemi.losses.regions import RegionLayout
 from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
@@ -228,7 +229,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
                                        config.peer_decoder_convs_per_stage).to(self.device)
         if config.contrast_weight > 0:
             # hooks go on the plain modules, before compile/DDP wrap them
-            self._feature_hooks = [DecoderFeatureHook(unwrap(net).decoder.stages[-1])
+            self._feature_hooks = [DecoderFeatureHook(last_decoder_stage(unwrap(net)))
                                    for net in (self.network, network_b)]
         if self._do_i_compile():
             network_b = torch.compile(network_b)
