@@ -699,7 +699,6 @@ def test_decoder_feature_hook_captures_and_removes():
     hook.remove()  # idempotent
 
 
-
 def test_last_decoder_stage_of_a_unet_and_a_clear_error_without_one():
     from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
