@@ -62,7 +62,7 @@ class DecoderFeatureHook:
 
     Usage::
 
-        with DecoderFeatureHook(network.decoder.stages[-1]) as hook:
+        with DecoderFeatureHook(last_decoder_stage(network)) as hook:
             logits = network(x)
             features = hook.features
     """
