@@ -304,6 +304,18 @@ def test_cli_voxels_lcc_labels_and_zero_convention(folders, tmp_path, capsys):
 
     run_main(["-ref", reference_folder, "-pred", prediction_folder, "-l", 2, "-o", output], capsys)
     assert list(json.loads(output.read_text())["mean"]) == ["2"]
+    assert json.loads(output.read_text())["absent_labels"] == []
+
+
+def test_cli_warns_about_a_label_no_case_has(folders, tmp_path, capsys):
+    reference_folder, prediction_folder, _ = folders
+    output = tmp_path / "summary.json"
+    out = run_main(["-ref", reference_folder, "-pred", prediction_folder, "-l", 1, 3, "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert summary["absent_labels"] == ["3"] and summary["mean"]["3"]["Dice"] == 1.0
+    assert "WARNING: label 3 is in no reference and no prediction of the 3 cases" in out
+    assert "WARNING: label" not in run_main(["-ref", reference_folder, "-pred", prediction_folder, "-l", 1, 2,
+                                              "-o", output], capsys)
 
 
 def test_cli_default_output_and_worker_processes(folders, capsys):

@@ -4,11 +4,15 @@ from __future__ import annotations
 import math
 import shutil
 
+import nibabel
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWithReorient
 
+from nnunet_ccesemi.inference.map_export import write_float_map
 from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
 from tests.conftest import CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
 
@@ -34,6 +38,32 @@ def test_symmetric_kl_of_saturated_outputs_is_finite():
     assert torch.isfinite(symmetric_kl(one_hot, one_hot.flip(0))).all()
     with pytest.raises(ValueError, match="differ in shape"):
         symmetric_kl(one_hot, torch.ones(3, 1) / 3)
+
+
+@pytest.mark.parametrize("reader", [SimpleITKIO, SimpleITKIOWithReorient, NibabelIO, NibabelIOWithReorient],
+                         ids=lambda reader: reader.__name__)
+def test_a_map_of_the_input_is_written_back_as_the_input(reader, tmp_path):
+    """A float map equal to the image nnU-Net read lands voxel for voxel on that image, with its affine,
+    whichever reader read it (the oblique, axis-flipped affine makes the reorienting readers reorient)."""
+    data = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)  # nibabel's (x, y, z)
+    affine = np.array([[0.0, 0.0, -2.5, 40.0], [-0.8, 0.0, 0.0, 120.0], [0.0, 1.2, 0.0, -33.0], [0, 0, 0, 1]])
+    source = tmp_path / "case_0000.nii.gz"
+    nibabel.save(nibabel.Nifti1Image(data, affine), source)
+    image, properties = reader().read_images([str(source)])
+
+    written = tmp_path / "case_entropy.nii.gz"
+    write_float_map(image[0], properties, str(written))
+
+    back = nibabel.load(written)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    np.testing.assert_allclose(back.get_fdata(), data, atol=1e-6)
+
+
+def test_a_nibabel_read_case_refuses_a_non_nifti_map_path(tmp_path):
+    properties = {"nibabel_stuff": {"original_affine": np.eye(4)}, "spacing": [1.0, 1.0, 1.0]}
+    with pytest.raises(ValueError, match="case_entropy.nrrd.*NIfTI"):
+        write_float_map(np.zeros((2, 2, 2)), properties, str(tmp_path / "case_entropy.nrrd"))
+    assert not any(tmp_path.iterdir())
 
 
 def _predict(planned, output, *extra, command="nnUNetv2_ccesemi_predict"):

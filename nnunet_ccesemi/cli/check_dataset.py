@@ -3,9 +3,9 @@
 nnU-Net's own reading (``nnUNetv2_plan_and_preprocess``, even with ``--verify_dataset_integrity``)
 accepts a truncated ``.nii.gz`` in ``imagesTr``/``labelsTr``: the missing part of the volume becomes
 zeros, so a black image or an empty label is trained on. This command checks every file of the raw
-dataset (``imagesTr``, ``labelsTr``, ``imagesUnlabeled``, ``imagesTs`` and ``labelsTs`` where present)
-with :func:`nnunet_ccesemi.image_files.check_image_file`, lists every damaged file and exits 1 if
-there is one. It reads but never writes.
+dataset (``imagesTr``, ``labelsTr``, ``imagesUnlabeled``, ``imagesVal``, ``labelsVal``, ``imagesTs`` and
+``labelsTs`` where present) with :func:`nnunet_ccesemi.image_files.check_image_file`, lists every
+damaged file and exits 1 if there is one. It reads but never writes.
 """
 from __future__ import annotations
 

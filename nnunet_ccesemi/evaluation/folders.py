@@ -415,7 +415,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
     ``labels`` are labels and regions in any form :func:`resolve_labels` reads (names need
     ``dataset_json``). They default to the foreground regions or labels of ``dataset_json`` if given,
     else to every foreground value found in the references; a label absent from both the reference
-    and the prediction of a case scores as two empty masks there. ``command`` is recorded as given
+    and the prediction of a case scores as two empty masks there (Dice 1), and one absent from every case
+    is listed under ``absent_labels``. ``command`` is recorded as given
     (the command line that asked for the evaluation).
 
     Raises:
@@ -468,6 +469,9 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
         "n_cases": len(cases),
         "n_excluded_empty": {label: mean["n_excluded_empty"] for label, mean in means.items()},
         "n_missing_predictions": sum(case["prediction_missing"] for case in cases),
+        # scored Dice 1 in every case (two empty masks), so they raise foreground_mean: usually a typo in -l
+        "absent_labels": [key for key, mean in means.items()
+                          if mean["n_empty_prediction"] == mean["n_empty_reference"] == mean["n_cases"]],
         "unmatched_predictions": unmatched,
         "mean": means,
         "foreground_mean": {metric: _nanmean([mean[metric] for mean in means.values()]) for metric in METRICS},
@@ -519,6 +523,9 @@ def format_table(summary: dict) -> str:
         notes.append(f"WARNING: {excluded} (case, label) pairs with an empty mask are excluded from the distance means")
     if summary["n_missing_predictions"]:
         notes.append(f"WARNING: {summary['n_missing_predictions']} missing predictions scored as empty")
+    for label in summary["absent_labels"]:
+        notes.append(f"WARNING: label {label} is in no reference and no prediction of the {summary['n_cases']} "
+                     f"cases: it scores Dice 1 in each and raises the foreground mean (a typo in -l?)")
     if summary["unmatched_predictions"]:
         notes.append(f"note: {len(summary['unmatched_predictions'])} predictions have no reference and were ignored")
     return "\n".join(rows + notes)

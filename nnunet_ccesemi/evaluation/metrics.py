@@ -38,7 +38,8 @@ METRICS = ("Dice", "Jaccard") + DISTANCE_METRICS
 
 
 def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """``2 |P and R| / (|P| + |R|)``; 1.0 when both masks are empty (as ``medpy.metric.binary.dc``)."""
+    """``2 |P and R| / (|P| + |R|)``; 1.0 when both masks are empty (``medpy.metric.binary.dc``'s intent;
+    medpy itself returns NaN there, its division by a zero numpy count does not raise)."""
     prediction, reference = _as_bool(prediction), _as_bool(reference)
     return _dice(np.count_nonzero(prediction & reference), np.count_nonzero(prediction),
                  np.count_nonzero(reference))

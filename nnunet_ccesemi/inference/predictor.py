@@ -24,7 +24,6 @@ from os.path import basename, join
 from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import insert_crop_into_image
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
@@ -35,6 +34,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
+from nnunet_ccesemi.inference.map_export import write_float_map
 from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
 from nnunet_ccesemi.training.checkpoint import saved_method_config
@@ -212,7 +212,7 @@ class DualNetworkPredictor(nnUNetPredictor):
         case_name = basename(case["ofile"])
         for name, volume in zip(maps, in_input_geometry):
             with atomic_path(join(self.uncertainty_folder, f"{case_name}_{name}{ending}")) as tmp:
-                sitk.WriteImage(self._as_image(volume, properties), tmp, True)
+                write_float_map(volume, properties, tmp)
 
     def _to_input_geometry(self, maps: torch.Tensor, properties: dict) -> np.ndarray:
         """The geometry steps of nnU-Net's export (resample, revert crop, revert transpose), for float maps."""
@@ -230,19 +230,3 @@ class DualNetworkPredictor(nnUNetPredictor):
             full[channel] = insert_crop_into_image(full[channel], resampled[channel],
                                                    properties["bbox_used_for_cropping"])
         return full.transpose([0] + [i + 1 for i in plans.transpose_backward])
-
-    @staticmethod
-    def _as_image(volume: np.ndarray, properties: dict) -> sitk.Image:
-        """A float map with the input's geometry, as nnU-Net's SimpleITK writers write segmentations."""
-        itk = properties.get("sitk_stuff")
-        if itk is None:  # read by another reader: spacing is all nnU-Net keeps that SimpleITK understands
-            image = sitk.GetImageFromArray(volume)
-            image.SetSpacing([float(s) for s in properties["spacing"][::-1]])
-            return image
-        image = sitk.GetImageFromArray(volume[0] if len(itk["spacing"]) == 2 else volume)  # 2D: (1, x, y)
-        image.SetSpacing(itk["spacing"])
-        image.SetOrigin(itk["origin"])
-        image.SetDirection(itk["direction"])
-        if "original_orientation" in itk:  # SimpleITKIOWithReorient read it reoriented to RAS
-            image = sitk.DICOMOrient(image, itk["original_orientation"])
-        return image

@@ -249,12 +249,13 @@ def reliable_mask(
 ) -> torch.Tensor:
     """Voxels among the most confident of at least one network: ``H^A_v <= τ^A or H^B_v <= τ^B``.
 
-    ``METHOD.md`` writes ``<``; we default to ``<=`` deliberately. With ``τ`` = the q-quantile of
-    ``H`` (:func:`batch_quantile`), ``<=`` keeps at least ``floor(q (n-1)) + 1`` voxels of each net:
-    the minimum-entropy voxel is always reliable, and q = 1 marks every voxel reliable. With ``<``,
-    ties at the threshold drop out entirely: once more than a fraction q of the voxels are
-    saturated (entropy exactly 0, frequent with float16 softmax late in training) ``τ = 0`` and
-    *no* voxel would be reliable, which switches the term off exactly when the nets are confident.
+    The method's original specification writes ``<``; we default to ``<=`` deliberately
+    (``docs/METHOD.md``). With ``τ`` = the q-quantile of ``H`` (:func:`batch_quantile`), ``<=`` keeps
+    at least ``floor(q (n-1)) + 1`` voxels of each net: the minimum-entropy voxel is always reliable,
+    and q = 1 marks every voxel reliable. With ``<``, ties at the threshold drop out entirely: once
+    more than a fraction q of the voxels are saturated (entropy exactly 0, frequent with float16
+    softmax late in training) ``τ = 0`` and *no* voxel would be reliable, which switches the term off
+    exactly when the nets are confident.
     ``strict=True`` gives ``<`` (the released code's ``~(H >= τ)``).
 
     Args:
