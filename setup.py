@@ -74,6 +74,7 @@ setup(
         "acvl-utils>=0.2",
         "numpy",
         "SimpleITK>=2.2",
+        "nibabel>=3.2",  # uncertainty maps of NIfTI cases read by nnU-Net's NibabelIO
         "h5py>=3.8",
     ],
     extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "medpy>=0.5"]},
