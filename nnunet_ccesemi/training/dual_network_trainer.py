@@ -526,7 +526,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         panels = (
             ("supervised Dice+CE", [n for n in names if n.startswith("supervised")], "linear"),
             ("unsupervised terms", [n for n in names if n.startswith(UNSUPERVISED_TERMS)], "linear"),
-            ("fractions: reliable (per pseudo-class), with a prototype, agreement; KL weight",
+            ("fractions of voxels and iterations",
              [n for n in names if n in FRACTION_STATS or n.startswith(PER_CLASS_FRACTIONS)], "linear"),
             ("entropy thresholds (per network and class)", [n for n in names if n.startswith("entropy_threshold")],
              "log"),
