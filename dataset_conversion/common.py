@@ -254,7 +254,8 @@ def check_dataset_id_free(output_root: Path, folder_name: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dataset_dir(target_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+def atomic_dataset_dir(target_dir: str | os.PathLike, overwrite: bool = False,
+                       sources: Sequence[str | os.PathLike] = ()) -> Iterator[Path]:
     """Yield an empty temporary folder that replaces ``target_dir`` only if the block succeeds.
 
     :func:`nnunet_ccesemi.atomic.atomic_folder`: the temporary folder ``tmp<pid>_DatasetXXX_Name`` is a
@@ -264,14 +265,26 @@ def atomic_dataset_dir(target_dir: str | os.PathLike, overwrite: bool = False) -
     dataset under the real name, and the next conversion to the same name removes it (or puts back
     an old dataset the kill left set aside).
 
+    ``sources`` are the input files and folders: one inside an existing target would be deleted
+    with the dataset it is being converted into (``--images $nnUNet_raw/Dataset601_X/imagesTr``
+    to add unlabelled cases to that dataset), so that is refused whatever ``overwrite`` says.
+
     Raises:
-        ConversionError: the target exists and ``overwrite`` is false, or is not a folder.
+        ConversionError: the target exists and ``overwrite`` is false, is not a folder, or holds
+            one of ``sources``.
     """
     target = Path(target_dir)
     remove_stale_temporaries(target.parent, target.name)
     if target.exists() or target.is_symlink():
         if not target.is_dir():
             raise ConversionError(f"{target} exists and is not a folder")
+        resolved_target = target.resolve()
+        inside = [str(source) for source in sources
+                  if resolved_target in (resolved := Path(source).resolve(), *resolved.parents)]
+        if inside:
+            raise ConversionError(f"the input {name_files(inside)} lies inside {target}, which "
+                                  f"the conversion would replace; copy the input elsewhere or "
+                                  f"choose another -d/--name (nothing was changed)")
         if not overwrite:
             raise ConversionError(f"{target} already exists; pass --overwrite to replace it "
                                   f"(it was left untouched)")

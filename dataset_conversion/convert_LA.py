@@ -334,7 +334,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     folder_name = dataset_folder_name(args.dataset_id, args.name)
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
-    with atomic_dataset_dir(target, overwrite=args.overwrite) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[root]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs", "labelsTs"] if split.test else []
         for folder in folders:

@@ -320,7 +320,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     target = output_root / folder_name
     channels = CHANNELS[args.channels]
     converted = split.labeled + split.unlabeled + split.test + tuple(validation)
-    with atomic_dataset_dir(target, overwrite=args.overwrite) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[root]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs", "labelsTs"] if split.test else []
         folders += ["imagesVal", "labelsVal"] if validation else []

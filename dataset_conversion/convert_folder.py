@@ -178,10 +178,13 @@ def group_channels(index: dict[str, Path], suffixes: Sequence[str],
 
 
 def check_same_naming(index: dict[str, Path], suffixes: Sequence[str], folder: Path,
-                      images_dir: Path) -> None:
+                      images_dir: Path, labeled_cases: Sequence[str]) -> None:
     """Refuse nnU-Net channel names (``<case>_0000``) in an unlabelled or test folder when the
-    labelled images have one file per case: they would silently become cases ``<case>_0000``."""
-    if tuple(suffixes) != ("",):
+    labelled images have one file per case: they would silently become cases ``<case>_0000``.
+
+    Case IDs that end in four digits themselves (``liver_0001``) are a naming scheme, not channel
+    names: when the labelled IDs follow it, the other folders may too."""
+    if tuple(suffixes) != ("",) or any(_NNUNET_CHANNEL.match(case) for case in labeled_cases):
         return
     channel_named = [path for stem, path in sorted(index.items()) if _NNUNET_CHANNEL.match(stem)]
     if channel_named:
@@ -229,7 +232,7 @@ def collect_roles(args: argparse.Namespace) -> tuple[dict[str, Role], tuple[str,
     def other_images(option: str, folder: Path) -> dict[str, tuple[Path, ...]]:
         index = index_folder(folder, option)
         if not args.channel_suffixes:
-            check_same_naming(index, suffixes, folder, images_dir)
+            check_same_naming(index, suffixes, folder, images_dir, sorted(images))
         return group_channels(index, suffixes, folder)
 
     if args.unlabeled:
@@ -437,7 +440,9 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
     allowed = tuple(sorted(mapping.values())) if mapping is not None else None
-    with atomic_dataset_dir(target, overwrite=args.overwrite) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[
+            path for path in (args.images, args.labels, args.unlabeled, args.test_images,
+                              args.test_labels) if path]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs"] if split.test else []
         folders += ["labelsTs"] if roles["test"].labels else []

@@ -288,11 +288,23 @@ def read_dicom_series(series_dir: Path) -> tuple[sitk.Image, str]:
     return to_int16_hu(image, series_dir), instance_order(reader, len(files))
 
 
+def looks_like_dicom(path: Path) -> bool:
+    """A ``.dcm`` name or the DICOM preamble's ``DICM`` at byte 128."""
+    if path.suffix.lower() == ".dcm":
+        return True
+    with open(path, "rb") as f:
+        return f.read(132)[128:] == b"DICM"
+
+
 def check_all_files_read(series_dir: Path, files: Sequence[str]) -> None:
-    """GDCM leaves out files it cannot read; a left-out slice would go unnoticed otherwise."""
+    """GDCM leaves out files it cannot read; a left-out slice would go unnoticed otherwise.
+
+    Files that are neither named nor built as DICOM (the ``LICENSE`` that newer NBIA Data
+    Retriever downloads put beside the slices, notes, checksums) are not slices and are skipped."""
     in_series = {Path(f).name for f in files}
     others = sorted(p.name for p in series_dir.iterdir()
-                    if p.is_file() and not p.name.startswith(".") and p.name not in in_series)
+                    if p.is_file() and not p.name.startswith(".") and p.name not in in_series
+                    and looks_like_dicom(p))
     if others:
         raise ConversionError(f"{series_dir}: {name_files(others)} not readable as slices of "
                               f"its DICOM series ({len(in_series)} other files are)")
@@ -539,7 +551,8 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     folder_name = dataset_folder_name(args.dataset_id, args.name)
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
-    with atomic_dataset_dir(target, overwrite=args.overwrite) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite,
+                            sources=[root, labels_dir]) as out_dir:
         for folder in ["imagesTr", "labelsTr", "imagesUnlabeled"] + (
                 ["imagesTs", "labelsTs"] if split.test else []):
             (out_dir / folder).mkdir()

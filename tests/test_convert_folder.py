@@ -419,6 +419,40 @@ def test_failed_run_leaves_existing_dataset(single, tmp_path, capsys):
     assert not marker.exists() and meta_of(out)["labels"]["c"] == 3
 
 
+def test_case_ids_ending_in_four_digits_in_every_folder(tmp_path):
+    # liver_0001 is a case ID, not channel 1 of case "liver": the labelled IDs say so
+    root = tmp_path / "digits"
+    for index, case in enumerate(["liver_0001", "liver_0002", "liver_0050"]):
+        folder = "unlabeled" if case == "liver_0050" else "images"
+        write(image_array(index), root / folder / f"{case}.nii.gz")
+        if folder == "images":
+            write(label_array(), root / "labels" / f"{case}.nii.gz")
+    paths = {"images": root / "images", "labels": root / "labels", "unlabeled": root / "unlabeled"}
+    out = tmp_path / "raw"
+    assert convert(paths, out) == 0
+    assert names(dataset_dir(out) / "imagesTr") == {"liver_0001_0000.nii.gz",
+                                                     "liver_0002_0000.nii.gz"}
+    assert names(dataset_dir(out) / "imagesUnlabeled") == {"liver_0050_0000.nii.gz"}
+
+
+def test_input_inside_the_dataset_it_would_replace_is_refused(single, tmp_path, capsys):
+    # reconverting a dataset from its own folders (new label names, say): --overwrite would
+    # delete the input along with the old dataset
+    out = tmp_path / "raw"
+    assert convert(single, out) == 0
+    dataset = dataset_dir(out)
+    before = {p.relative_to(dataset): p.read_bytes() for p in dataset.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    from_itself = {"images": dataset / "imagesTr", "labels": dataset / "labelsTr",
+                   "unlabeled": dataset / "imagesUnlabeled"}
+    assert convert(from_itself, out, "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert f"lies inside {dataset}, which the conversion would replace" in err
+    assert str(dataset / "imagesTr") in err
+    assert {p.relative_to(dataset): p.read_bytes()
+            for p in dataset.rglob("*") if p.is_file()} == before
+
+
 def test_console_script_is_installed():
     # the script pip wrote, not importlib.metadata: a stale *.egg-info in the working directory
     # would shadow the installed entry points

@@ -418,6 +418,28 @@ def test_errors_name_the_file(copy, lists, tmp_path, capsys, break_input):
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def test_non_dicom_files_beside_the_slices_are_skipped(copy, lists, tmp_path):
+    # newer NBIA Data Retriever downloads put a LICENSE file into every series folder
+    for number in NUMBERS:
+        (series_dir_of(copy, number) / "LICENSE").write_text("Creative Commons ...\n")
+    (series_dir_of(copy, "0002") / "md5sums.txt").write_text("0123 1-001.dcm\n")
+    out = tmp_path / "raw"
+    assert convert(copy, out, lists, "--labeled", "2") == 0
+    assert len(list((dataset_dir(out) / "imagesTr").iterdir())) == 2
+
+
+def test_dicom_file_left_out_of_the_series_is_refused_whatever_its_name(copy, lists, tmp_path,
+                                                                       capsys):
+    series = series_dir_of(copy, "0002")
+    data = bytearray((series / "1-003.dcm").read_bytes())
+    data[140:160] = b"\xff" * 20  # the preamble stays, the first element is garbage
+    (series / "1-003.dcm").unlink()
+    (series / "slice3").write_bytes(bytes(data))
+    assert convert(copy, tmp_path / "raw", lists, "--labeled", "2") == 1
+    err = capsys.readouterr().err
+    assert str(series) in err and "slice3 not readable as slices of its DICOM series" in err
+
+
 def cut_short(path: Path, keep: float = 0.5) -> Path:
     """Keep the first ``keep`` of the file's bytes, as an interrupted copy leaves it."""
     data = path.read_bytes()
