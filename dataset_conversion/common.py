@@ -221,11 +221,15 @@ def resolve_output_root(output_root: str | os.PathLike | None) -> Path:
     ``nnunetv2.paths.nnUNet_raw`` is an ``_EnvPath`` in 2.8.1, read through ``os.fspath``.
     """
     if output_root is not None:
-        return Path(output_root)
-    from nnunetv2.paths import nnUNet_raw
-    if not nnUNet_raw:
-        raise ConversionError("no output folder: pass -o/--output-root or set nnUNet_raw")
-    return Path(os.fspath(nnUNet_raw))
+        root, given_as = Path(output_root), "-o/--output-root"
+    else:
+        from nnunetv2.paths import nnUNet_raw
+        if not nnUNet_raw:
+            raise ConversionError("no output folder: pass -o/--output-root or set nnUNet_raw")
+        root, given_as = Path(os.fspath(nnUNet_raw)), "nnUNet_raw"
+    if root.exists() and not root.is_dir():
+        raise ConversionError(f"{root} ({given_as}) is a file; expected a folder to hold the dataset")
+    return root
 
 
 def dataset_folder_name(dataset_id: int, name: str) -> str:
@@ -443,8 +447,8 @@ def write_dataset_json(output_dir: Path, *, channel_names: dict, labels: dict, s
 def run_converter(prog: str, parser: argparse.ArgumentParser,
                   convert: Callable[[argparse.Namespace, str], dict], argv: Sequence[str] | None,
                   describe: Callable[[dict], str]) -> int:
-    """The shared ``main`` of the converters: parse, convert, print a :class:`ConversionError` as one
-    line (exit status 1) or ``wrote <dataset> in <s> s: <describe(counts)>`` (exit status 0)."""
+    """The shared ``main`` of the converters: parse, convert, print a :class:`ConversionError` or an
+    ``OSError`` as one line (exit status 1) or ``wrote <dataset> in <s> s: <describe(counts)>`` (exit status 0)."""
     import time
 
     args = parser.parse_args(argv)
@@ -452,6 +456,9 @@ def run_converter(prog: str, parser: argparse.ArgumentParser,
     try:
         counts = convert(args, command_line(argv, prog))
     except (ConversionError, WorkerDiedError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # an unwritable -o, -o naming a file, a full disk: str(e) names the path
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     print(f"wrote {counts['dataset']} in {time.perf_counter() - start:.1f} s: {describe(counts)}")

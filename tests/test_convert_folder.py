@@ -453,6 +453,28 @@ def test_input_inside_the_dataset_it_would_replace_is_refused(single, tmp_path, 
             for p in dataset.rglob("*") if p.is_file()} == before
 
 
+def test_output_root_that_is_a_file_is_one_line_error(single, tmp_path, capsys):
+    not_a_folder = tmp_path / "raw"
+    not_a_folder.write_text("a file, not a folder")
+    assert convert(single, not_a_folder) == 1
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line == (f"nnUNetv2_ccesemi_convert_folder: error: {not_a_folder} "
+                         f"(-o/--output-root) is a file; expected a folder to hold the dataset")
+    assert not_a_folder.read_text() == "a file, not a folder"
+
+
+def test_unwritable_output_root_is_one_line_error(single, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "raw"
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(out / "tmp1_Dataset604_MyDataset"))
+    monkeypatch.setattr("nnunet_ccesemi.atomic.os.mkdir", refuse)
+    assert convert(single, out) == 1
+    last_line = capsys.readouterr().err.splitlines()[-1]
+    assert last_line.startswith("nnUNetv2_ccesemi_convert_folder: error: [Errno 13] Permission "
+                                "denied") and str(out) in last_line
+
+
 def test_console_script_is_installed():
     # the script pip wrote, not importlib.metadata: a stale *.egg-info in the working directory
     # would shadow the installed entry points
