@@ -96,10 +96,11 @@ def test_preprocess_unlabelled_names_an_unknown_dataset(tmp_path, monkeypatch):
 
 @pytest.mark.integration
 def test_preprocess_unlabelled_for_a_configuration_not_in_the_plans(planned_dataset):
-    result = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_lowres"],
+    result = run_cli(["nnUNetv2_ccesemi_preprocess_unlabeled", "-d", str(DATASET_ID), "-c", "3d_cpu", "3d_lowres"],
                      planned_dataset["env"], check=False)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert "Configuration '3d_lowres' is not in" in result.stderr and "3d_cpu" in result.stderr
+    assert "3d_cpu:" not in result.stdout  # refused before the valid configuration was looked at
 
 
 @pytest.mark.integration

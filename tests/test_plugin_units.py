@@ -8,6 +8,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -239,6 +240,50 @@ def test_find_unlabeled_cases_errors(tmp_path, files, message):
         _touch(tmp_path / "imagesUnlabeled", *files)
     with pytest.raises(UnlabeledDataError, match=message.replace("(", r"\(").replace(")", r"\)")):
         find_unlabeled_cases(str(tmp_path), DATASET_JSON)
+
+
+RGB_JSON = {"channel_names": {"0": "R", "1": "G", "2": "B"}, "file_ending": ".png", "labels": {"background": 0}}
+
+
+def test_one_natural_image_file_holds_every_channel(tmp_path):
+    # nnU-Net's convention (Dataset120_RoadSegmentation): road_0000.png is R, G and B
+    _touch(tmp_path / "imagesUnlabeled", "road_0000.png", "sea_0000.png")
+    cases = find_unlabeled_cases(str(tmp_path), RGB_JSON)
+    assert {case: [os.path.basename(p) for p in files] for case, files in cases.items()} == \
+        {"road": ["road_0000.png"], "sea": ["sea_0000.png"]}
+    _touch(tmp_path / "imagesUnlabeled", "sea_0001.png")  # one file per channel must still be complete
+    with pytest.raises(UnlabeledDataError, match=r"'sea' .* has channel files _0000, _0001; .* expects exactly"):
+        find_unlabeled_cases(str(tmp_path), RGB_JSON)
+
+
+def test_channel_count_after_reading_is_checked(tmp_path):
+    from types import SimpleNamespace
+
+    from nnunet_ccesemi.data.preprocess import preprocess_case
+
+    class GreyscalePreprocessor:  # what nnU-Net's reader returns for a greyscale PNG
+        def __init__(self, verbose):
+            pass
+
+        def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
+            return np.zeros((1, 1, 4, 4), np.float32), np.zeros((1, 1, 4, 4), np.int8), {}
+
+    configuration = SimpleNamespace(preprocessor_class=GreyscalePreprocessor, patch_size=(1, 4, 4))
+    with pytest.raises(UnlabeledDataError, match=r"case 'road' \(in/road_0000.png\) holds 1 channel\(s\); "
+                                                 r"dataset.json channel_names expects 3"):
+        preprocess_case(str(tmp_path), "road", ["in/road_0000.png"], None, configuration, RGB_JSON)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_preprocessing_error_names_the_case_and_its_files(monkeypatch):
+    from nnunet_ccesemi.data import preprocess
+
+    def reader_fails(*job):
+        raise IndexError("index 2 is out of bounds for axis 0 with size 2")
+    monkeypatch.setattr(preprocess, "preprocess_case", reader_fails)
+    with pytest.raises(UnlabeledDataError, match=r"preprocessing the unlabelled case 'u7' \(in/u7_0000.nii.gz\) "
+                                                 r"failed: IndexError: index 2 is out of bounds"):
+        preprocess._preprocess_job(("out", "u7", ["in/u7_0000.nii.gz"], None, None, {}))
 
 
 def test_find_unlabeled_cases_refuses_labelled_ids(tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 import shutil
 
 import nibabel
@@ -13,7 +14,7 @@ from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReori
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWithReorient
 
 from nnunet_ccesemi.inference.map_export import write_float_map
-from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
+from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
 from tests.conftest import CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
 
 TRAINER = "nnUNetTrainerCCE_5epochs"
@@ -38,6 +39,19 @@ def test_symmetric_kl_of_saturated_outputs_is_finite():
     assert torch.isfinite(symmetric_kl(one_hot, one_hot.flip(0))).all()
     with pytest.raises(ValueError, match="differ in shape"):
         symmetric_kl(one_hot, torch.ones(3, 1) / 3)
+
+
+def test_mean_softmax_logits_in_log_space():
+    # (C=3, 4 voxels); the last voxel's gaps of 120 underflow float32 softmax probabilities to 0
+    za = torch.tensor([[2.0, 0.0, -1.0, 60.0], [0.5, 0.0, 3.0, -60.0], [-1.0, 0.0, 0.0, 0.0]])
+    zb = torch.tensor([[0.0, 1.0, -1.0, 60.0], [1.5, -2.0, 2.0, -60.0], [0.0, 0.0, 4.0, 0.0]])
+    logits = logits_of_mean_probability(iter([za, zb]))
+    mean = (torch.softmax(za.double(), 0) + torch.softmax(zb.double(), 0)) / 2
+    torch.testing.assert_close(logits.double(), mean.log(), atol=1e-5, rtol=1e-5)
+    assert torch.isfinite(logits).all() and logits[1, 3] == pytest.approx(-120.0, abs=1e-3)
+    torch.testing.assert_close(logits_of_mean_probability([za]), torch.log_softmax(za, 0))
+    with pytest.raises(ValueError, match="no member logits"):
+        logits_of_mean_probability([])
 
 
 @pytest.mark.parametrize("reader", [SimpleITKIO, SimpleITKIOWithReorient, NibabelIO, NibabelIOWithReorient],
@@ -113,6 +127,76 @@ def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
     # nothing but segmentations where evaluation tools look
     assert sorted(p.name for p in outputs["both"].glob("*.nii.gz")) == \
         sorted(p.name.replace("_0000", "") for p in (planned["raw"] / "imagesTs").iterdir())
+
+
+@pytest.mark.integration
+def test_sequential_parts_and_continuing_with_maps(trained_cce, tmp_path):
+    planned, _ = trained_cce
+    cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (planned["raw"] / "imagesTs").iterdir())
+    workers, sequential, parts = tmp_path / "workers", tmp_path / "sequential", tmp_path / "parts"
+    _predict(planned, workers, "--save_probabilities", "--uncertainty")
+    # nnUNetv2_predict's -npp 0 -nps 0: no worker processes, the same mean of both networks
+    _predict(planned, sequential, "--save_probabilities", "-npp", "0", "-nps", "0")
+    for case in cases:
+        np.testing.assert_allclose(_probabilities(sequential, case), _probabilities(workers, case), atol=1e-6)
+    # -num_parts 2 -part_id 1 predicts every second case, starting with the second
+    _predict(planned, parts, "-num_parts", "2", "-part_id", "1")
+    assert sorted(p.name for p in parts.glob("*.nii.gz")) == [f"{c}.nii.gz" for c in cases[1::2]]
+
+    # --continue_prediction --uncertainty redoes a case whose maps are missing, and only that case
+    (workers / "uncertainty" / f"{cases[0]}_disagreement.nii.gz").unlink()
+    kept = {case: (workers / f"{case}.nii.gz").stat().st_mtime_ns for case in cases}
+    _predict(planned, workers, "--save_probabilities", "--uncertainty", "--continue_prediction")
+    assert (workers / "uncertainty" / f"{cases[0]}_disagreement.nii.gz").is_file()
+    assert (workers / f"{cases[0]}.nii.gz").stat().st_mtime_ns != kept[cases[0]]
+    assert all((workers / f"{case}.nii.gz").stat().st_mtime_ns == kept[case] for case in cases[1:])
+
+
+def _arguments(*extra):
+    from nnunet_ccesemi.cli.predict import build_parser
+    return build_parser().parse_args(["-i", "in", "-o", "out", "-d", "1", "-c", "3d_fullres", *extra])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("-num_parts", "2", "-part_id", "2"), "-part_id must be between 0 and -num_parts - 1 = 1, got 2"),
+    (("-npp", "0"), "both at least 1, or both 0"),
+    (("-npp", "0", "-nps", "0", "--uncertainty"), "--uncertainty needs nnU-Net's worker path"),
+    (("-prev_stage_predictions", "prev"), "cascades are not supported"),
+    (("-step_size", "0"), "-step_size must be in (0, 1], got 0.0"),
+])
+def test_prediction_arguments_refused_with_the_reason(extra, message):
+    from nnunet_ccesemi.cli.predict import check_arguments
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_arguments(_arguments(*extra))
+
+
+def test_prediction_defaults_follow_nnunets_environment(monkeypatch):
+    monkeypatch.setenv("nnUNet_npp", "5")
+    monkeypatch.setenv("nnUNet_nps", "not a number")
+    args = _arguments()
+    assert (args.npp, args.nps, args.num_parts, args.part_id) == (5, 3, 1, 0)
+
+
+def test_input_folder_without_images_in_the_models_naming(tmp_path):
+    from nnunet_ccesemi.cli.predict import check_input_files
+    from nnunet_ccesemi.image_files import ImageFileError
+    model, images = tmp_path / "model", tmp_path / "images"
+    model.mkdir(), images.mkdir()
+    (model / "dataset.json").write_text('{"file_ending": ".nii.gz"}')
+    (images / "case_0000.nrrd").write_bytes(b"")
+    (images / "case.nii.gz").write_bytes(b"")
+    with pytest.raises(ImageFileError, match=rf"no images named <case>_0000.nii.gz in {re.escape(str(images))}"):
+        check_input_files(str(images), str(model))
+
+
+def test_damaged_checkpoint_is_named(tmp_path):
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+    from nnunet_ccesemi.training.checkpoint import CheckpointError
+    path = tmp_path / "checkpoint_final.pth"
+    torch.save({"network_weights": {"w": torch.zeros(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:300])  # an interrupted copy
+    with pytest.raises(CheckpointError, match=f"cannot read the checkpoint {re.escape(str(path))}"):
+        DualNetworkPredictor._peer_weights(str(path))
 
 
 @pytest.mark.integration

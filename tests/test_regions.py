@@ -367,12 +367,15 @@ def test_ranking_scores_of_regions():
     assert empty["empty_foreground"] and empty["soft_dice"] == 1.0
 
 
-def test_predictor_hands_mean_sigmoid_to_the_region_export():
-    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+def test_mean_sigmoid_logits_for_the_region_export():
+    from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability
 
-    predictor = DualNetworkPredictor(device=torch.device("cpu"))
-    predictor.label_manager = LabelManager(BRATS_LABELS, [1, 2, 3])
-    probabilities = torch.tensor([[0.0, 0.3, 1.0], [0.5, 1e-9, 0.999]])
-    logits = predictor._as_logits(probabilities)
-    assert torch.isfinite(logits).all()
-    torch.testing.assert_close(torch.sigmoid(logits), probabilities, atol=1e-6, rtol=1e-5)
+    # member logits up to 30: sigmoid is exactly 1 in float32 from about 17 (in float64 from 37)
+    za = torch.tensor([[30.0, 0.3, -35.0], [25.0, -3.0, 1.0]])
+    zb = torch.tensor([[30.0, -1.2, 30.0], [18.0, -20.0, 2.0]])
+    logits = logits_of_mean_probability(iter([za, zb]), regions=True)
+    za64, zb64 = za.double(), zb.double()
+    mean, one_minus_mean = (za64.sigmoid() + zb64.sigmoid()) / 2, ((-za64).sigmoid() + (-zb64).sigmoid()) / 2
+    torch.testing.assert_close(logits.double(), mean.log() - one_minus_mean.log(), atol=1e-4, rtol=1e-5)
+    assert logits[0, 0] == pytest.approx(30.0, abs=1e-4)  # not the ±87 of log(1 - 1.0) clamped
+    torch.testing.assert_close(logits_of_mean_probability([za], regions=True), za)  # one member: itself

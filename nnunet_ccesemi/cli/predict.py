@@ -8,6 +8,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import re
 import sys
 
 import torch
@@ -45,27 +46,69 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (faster)")
     parser.add_argument("--save_probabilities", action="store_true", help="also export the (mean) probabilities")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
-    parser.add_argument("-npp", type=int, default=3, help="preprocessing processes (default 3)")
-    parser.add_argument("-nps", type=int, default=3, help="export processes (default 3)")
+    parser.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+                        help="preprocessing processes (default $nnUNet_npp or 3; -npp 0 -nps 0: no worker processes)")
+    parser.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3),
+                        help="export processes (default $nnUNet_nps or 3)")
+    parser.add_argument("-num_parts", type=int, default=1,
+                        help="split the cases into this many parts, for as many parallel calls (default 1)")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this call predicts, 0 to num_parts - 1")
+    parser.add_argument("-prev_stage_predictions", default=None,
+                        help="cascades are not supported by the dual-network trainers; refused")
     parser.add_argument("-device", choices=("cuda", "cpu", "mps"), default="cuda", help="default cuda")
+    parser.add_argument("--not_on_device", action="store_true",
+                        help="keep the sliding window's result in CPU memory (for very large images on a GPU)")
     parser.add_argument("--disable_progress_bar", action="store_true")
     parser.add_argument("--verbose", action="store_true")
     return parser
 
 
+def _env_int(name: str, default: int) -> int:
+    """nnUNetv2_predict's defaults for -npp/-nps: the environment variable where it holds an integer."""
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The combinations nnUNetv2_predict would reject, or that we cannot honour, with the reason."""
+    if args.prev_stage_predictions is not None:
+        raise ValueError("-prev_stage_predictions: cascades are not supported by the dual-network trainers")
+    if not 0 <= args.part_id < args.num_parts:
+        raise ValueError(f"-part_id must be between 0 and -num_parts - 1 = {args.num_parts - 1}, got "
+                         f"{args.part_id}")
+    if args.npp < 0 or args.nps < 0 or (args.npp == 0) != (args.nps == 0):
+        raise ValueError(f"-npp and -nps are both at least 1, or both 0 (no worker processes); got -npp "
+                         f"{args.npp} -nps {args.nps}")
+    if args.npp == 0 and args.uncertainty:
+        raise ValueError("--uncertainty needs nnU-Net's worker path: use -npp and -nps of at least 1")
+    if not 0 < args.step_size <= 1:
+        raise ValueError(f"-step_size must be in (0, 1], got {args.step_size}")
+
+
 def check_input_files(input_folder: str, model_folder: str) -> None:
-    """Refuse a truncated input image before any prediction is written (ITK would read it as zeros)."""
+    """Refuse an input folder without images in the model's naming, and a truncated input image
+    (ITK would read it as zeros), before any prediction is written."""
     with open(os.path.join(model_folder, "dataset.json")) as f:
         file_ending = json.load(f)["file_ending"]
     if not os.path.isdir(input_folder):
         raise ImageFileError(f"the input folder {input_folder} does not exist")
-    for name in sorted(os.listdir(input_folder)):
-        if name.endswith(file_ending):
-            check_image_file(os.path.join(input_folder, name), "input image")
+    images = [name for name in sorted(os.listdir(input_folder))
+              if re.fullmatch(r".+_\d{4}" + re.escape(file_ending), name)]
+    if not images:
+        raise ImageFileError(f"no images named <case>_0000{file_ending} in {input_folder} (the model's "
+                             f"dataset.json has file_ending {file_ending!r})")
+    for name in images:
+        check_image_file(os.path.join(input_folder, name), "input image")
 
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
+    try:
+        check_arguments(args)
+    except ValueError as e:
+        sys.exit(f"ERROR: {e}")
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
     from nnunet_ccesemi.training.checkpoint import CheckpointError
 
@@ -89,15 +132,21 @@ def main(argv=None) -> None:
         networks=args.networks,
         uncertainty_folder=os.path.join(args.o, "uncertainty") if args.uncertainty else None,
         tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
-        perform_everything_on_device=args.device == "cuda", device=torch.device(args.device),
+        perform_everything_on_device=args.device == "cuda" and not args.not_on_device,
+        device=torch.device(args.device),
         verbose=args.verbose, allow_tqdm=not args.disable_progress_bar)
     try:
         predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
     except (CheckpointError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")
+    if args.npp == 0:  # nnUNetv2_predict's sequential mode
+        predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
+                                                overwrite=not args.continue_prediction)
+        return
     predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
                                  overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,
-                                 num_processes_segmentation_export=args.nps)
+                                 num_processes_segmentation_export=args.nps, num_parts=args.num_parts,
+                                 part_id=args.part_id)
 
 
 if __name__ == "__main__":

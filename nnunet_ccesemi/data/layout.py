@@ -28,6 +28,9 @@ UNLABELED_SUFFIX = "_unlabeled"
 PREPROCESS_COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled"
 
 
+_NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif")  # nnU-Net's NaturalImage2DIO.supported_file_endings
+
+
 class UnlabeledDataError(RuntimeError):
     """Unlabelled data that are missing, malformed or inconsistent with the labelled cases."""
 
@@ -121,14 +124,18 @@ def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str
     if not channels_by_case:
         raise UnlabeledDataError(f"No {role} images: {folder} holds no {pattern_help} files.")
 
+    # nnU-Net's natural-image reader takes an RGB(A) file as all its channels: case_0000.png holds R, G, B
+    all_in_one = file_ending in _NATURAL_IMAGE_ENDINGS and len(expected_channels) > 1
     for case, channels in channels_by_case.items():
+        if all_in_one and sorted(channels) == [0]:
+            continue
         if sorted(channels) != expected_channels:
             found = ", ".join(f"_{c:04d}" for c in sorted(channels))
             expected = ", ".join(f"_{c:04d} ({channel_names[str(c)]})" for c in expected_channels)
             raise UnlabeledDataError(
                 f"{role.capitalize()} case {case!r} in {folder} has channel files {found}; dataset.json "
                 f"channel_names expects exactly {expected}.")
-    return {case: [channels[c] for c in expected_channels] for case, channels in channels_by_case.items()}
+    return {case: [channels[c] for c in sorted(channels)] for case, channels in channels_by_case.items()}
 
 
 def case_stems(unlabeled_folder: str) -> set[str]:

@@ -73,6 +73,10 @@ def preprocess_case(output_folder: str, case: str, image_files: list[str], plans
     preprocessor = configuration_manager.preprocessor_class(verbose=False)
     data, seg, properties = preprocessor.run_case(image_files, None, plans_manager, configuration_manager,
                                                   dataset_json)
+    if data.shape[0] != len(dataset_json["channel_names"]):
+        raise UnlabeledDataError(
+            f"unlabelled case {case!r} ({', '.join(image_files)}) holds {data.shape[0]} channel(s); dataset.json "
+            f"channel_names expects {len(dataset_json['channel_names'])}")
     properties["class_locations"] = {}
     data = data.astype(np.float32, copy=False)
     seg = seg.astype(np.int16, copy=False)
@@ -91,8 +95,16 @@ def preprocess_case(output_folder: str, case: str, image_files: list[str], plans
 
 
 def _preprocess_job(job: tuple) -> None:
-    """:func:`preprocess_case` of one job tuple (looked up at call time, so a test can replace it)."""
-    preprocess_case(*job)
+    """:func:`preprocess_case` of one job tuple (looked up at call time, so a test can replace it); an error
+    nnU-Net's reader or preprocessor raises comes back naming the case and its files."""
+    try:
+        preprocess_case(*job)
+    except UnlabeledDataError:
+        raise
+    except Exception as e:
+        case, files = job[1], job[2]
+        raise UnlabeledDataError(f"preprocessing the unlabelled case {case!r} ({', '.join(files)}) failed: "
+                                 f"{type(e).__name__}: {e}") from e
 
 
 def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str],
@@ -127,18 +139,21 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     with open(join(preprocessed_folder, "dataset.json")) as f:
         dataset_json = json.load(f)
 
+    plans_manager = PlansManager(plans_file)
+    unknown = [c for c in configurations if c not in plans_manager.available_configurations]
+    if unknown:  # all of them before any is preprocessed
+        raise UnlabeledDataError(f"Configuration {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
+                                 f"not in {plans_file}; available: {plans_manager.available_configurations}.")
     labeled = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
+    if not labeled:
+        raise UnlabeledDataError(f"No labelled cases in {join(raw_folder, 'imagesTr')}: the unlabelled images are "
+                                 f"preprocessed with the plans of the labelled ones.")
     cases = find_unlabeled_cases(raw_folder, dataset_json, labeled_identifiers=list(labeled))
     check_dimensionality(cases, next(iter(labeled.values()))["images"][0])
     checked: set[str] = set()
 
-    plans_manager = PlansManager(plans_file)
     written = {}
     for configuration in configurations:
-        if configuration not in plans_manager.available_configurations:
-            raise UnlabeledDataError(
-                f"Configuration {configuration!r} is not in {plans_file}; available: "
-                f"{plans_manager.available_configurations}.")
         configuration_manager = plans_manager.get_configuration(configuration)
         output_folder = preprocessed_unlabeled_folder(preprocessed_folder, configuration_manager.data_identifier)
         fingerprint = preprocessing_fingerprint(plans_manager.plans, configuration_manager.configuration)

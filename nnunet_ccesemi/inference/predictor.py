@@ -8,7 +8,9 @@ region dataset (nnU-Net's sigmoid outputs) it averages the two networks' sigmoid
 
 nnU-Net's export expects logits and applies its nonlinearity itself, so the averaged probabilities p̄
 are handed over as ``log p̄`` (the softmax of ``log p̄`` is p̄ again), or for regions as
-``log p̄ - log(1 - p̄)`` (whose sigmoid is p̄), and nnU-Net's region export writes the label map.
+``log p̄ - log(1 - p̄)`` (whose sigmoid is p̄), both computed in log space from the networks' logits
+(:func:`~nnunet_ccesemi.inference.uncertainty.logits_of_mean_probability`), and nnU-Net's region
+export writes the label map.
 
 Optionally it writes, per case, uncertainty maps in the input image's geometry into a separate
 folder (so that nothing but segmentations sits in the prediction folder, where evaluation tools
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 from os.path import basename, join
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -35,7 +38,7 @@ from torch._dynamo import OptimizedModule
 from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
 from nnunet_ccesemi.inference.map_export import write_float_map
-from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
+from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
 from nnunet_ccesemi.training.checkpoint import saved_method_config
 from nnunet_ccesemi.training.networks import build_peer_network
@@ -92,7 +95,11 @@ class DualNetworkPredictor(nnUNetPredictor):
         if not os.path.isfile(checkpoint_path):
             raise FileNotFoundError(f"no checkpoint at {checkpoint_path} (train this fold first, or pick another "
                                     f"checkpoint with -chk)")
-        checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        try:
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:
+            raise CheckpointError(f"cannot read the checkpoint {checkpoint_path} (damaged or truncated: copy it "
+                                  f"again): {e}") from e
         if PEER_WEIGHTS_KEY not in checkpoint:
             raise CheckpointError(
                 f"{checkpoint_path} holds no network B ('{PEER_WEIGHTS_KEY}'): it was written by "
@@ -111,45 +118,38 @@ class DualNetworkPredictor(nnUNetPredictor):
         finally:
             self.network, self.list_of_parameters = saved
 
-    def _probabilities(self, data: torch.Tensor, network: str) -> torch.Tensor:
-        """One network's probabilities (softmax, or sigmoid for regions), its logits averaged over the folds
-        as nnU-Net does."""
+    def _logits(self, data: torch.Tensor, network: str) -> torch.Tensor:
+        """One network's logits, averaged over the folds as nnU-Net does."""
         if network == "a":
             logits = super().predict_logits_from_preprocessed_data(data)
         else:
             with self._using(self.network_b, self.parameters_b):
                 logits = super().predict_logits_from_preprocessed_data(data)
-        return self.label_manager.apply_inference_nonlin(logits.float())
+        return logits.float()
+
+    def _probabilities(self, data: torch.Tensor, network: str) -> torch.Tensor:
+        """One network's probabilities (softmax, or sigmoid for regions)."""
+        return self.label_manager.apply_inference_nonlin(self._logits(data, network))
 
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         if self.network_b is None:  # initialised by nnU-Net's manual_initialization: A only
             return super().predict_logits_from_preprocessed_data(data)
         members = ("a", "b") if self.networks == "both" else (self.networks,)
+        regions = self.label_manager.has_regions
         writes_maps = self.uncertainty_folder is not None and self._current_case is not None \
             and self._current_case.get("ofile") is not None
         if not writes_maps:
-            # a running sum: B's probabilities are added into A's buffer, so no third volume is held
-            mean = self._probabilities(data, members[0])
-            for network in members[1:]:
-                mean += self._probabilities(data, network)
-            return self._as_logits(mean.div_(len(members)))
-        probs = {network: self._probabilities(data, network) for network in members}
-        mean = sum(probs.values()) / len(probs)
-        regions = self.label_manager.has_regions
-        maps = {"entropy": predictive_entropy(mean, regions=regions)}
+            # one member's logits at a time besides the running log-sums
+            return logits_of_mean_probability((self._logits(data, network) for network in members), regions)
+        logits = {network: self._logits(data, network) for network in members}
+        probs = {network: self.label_manager.apply_inference_nonlin(z) for network, z in logits.items()}
+        maps = {"entropy": predictive_entropy(sum(probs.values()) / len(probs), regions=regions)}
         if len(probs) == 2:
             maps["disagreement"] = symmetric_kl(probs["a"], probs["b"], regions=regions)
         self._write_uncertainty_maps(maps, self._current_case)
-        return self._as_logits(mean)
-
-    def _as_logits(self, probs: torch.Tensor) -> torch.Tensor:
-        """Logits whose inference nonlinearity gives ``probs`` back: ``log p`` (softmax) or ``logit p``
-        (sigmoid), clamped so that saturated probabilities stay finite."""
-        tiny = torch.finfo(torch.float32).tiny
-        if self.label_manager.has_regions:
-            return probs.clamp_min(tiny).log() - (1.0 - probs).clamp_min(tiny).log()
-        return probs.clamp_min(tiny).log()
+        del probs  # before the log-sums are allocated
+        return logits_of_mean_probability(logits.values(), regions)
 
     def predict_from_data_iterator(self, data_iterator: Iterable, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
@@ -171,6 +171,40 @@ class DualNetworkPredictor(nnUNetPredictor):
             self._current_case = None
             if isinstance(data_iterator, MultiThreadedAugmenter):
                 data_iterator._finish()
+
+    def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                                       folder_with_segs_from_prev_stage=None, overwrite: bool = True, part_id: int = 0,
+                                       num_parts: int = 1, save_probabilities: bool = False):
+        """nnU-Net's list of cases to predict; with ``--continue_prediction`` and uncertainty maps, a case
+        whose maps are missing is predicted again too (nnU-Net would skip it for its segmentation)."""
+        if overwrite or self.uncertainty_folder is None:
+            return super()._manage_input_and_output_lists(
+                list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
+        inputs, outputs, previous = super()._manage_input_and_output_lists(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+            folder_with_segs_from_prev_stage, True, part_id, num_parts, save_probabilities)
+        if outputs is None:
+            return inputs, outputs, previous
+        todo = [i for i, output in enumerate(outputs) if not self._case_is_done(output, save_probabilities)]
+        print(f"--continue_prediction: {len(todo)} of {len(outputs)} cases lack their segmentation"
+              f"{', probabilities' if save_probabilities else ''} or uncertainty maps")
+        return [inputs[i] for i in todo], [outputs[i] for i in todo], [previous[i] for i in todo]
+
+    def _case_is_done(self, output_truncated: str, save_probabilities: bool) -> bool:
+        expected = [output_truncated + self.dataset_json["file_ending"]]
+        expected += [output_truncated + ".npz"] if save_probabilities else []
+        ending = self._map_ending()
+        expected += [join(self.uncertainty_folder, f"{basename(output_truncated)}_{name}{ending}")
+                     for name in self._map_names()]
+        return all(os.path.isfile(path) for path in expected)
+
+    def _map_names(self) -> tuple[str, ...]:
+        return ("entropy", "disagreement") if self.networks == "both" else ("entropy",)
+
+    def _map_ending(self) -> str:
+        ending = self.dataset_json.get("file_ending", ".nii.gz")
+        return ending if ending in SITK_ENDINGS else ".nii.gz"
 
     def probabilities_per_case(self, input_files: list[list[str]], case_ids: list[str],
                                num_processes_preprocessing: int = 1
@@ -207,8 +241,7 @@ class DualNetworkPredictor(nnUNetPredictor):
         properties = case["data_properties"]
         stacked = torch.stack(list(maps.values())).cpu()
         in_input_geometry = self._to_input_geometry(stacked, properties)
-        ending = self.dataset_json.get("file_ending", ".nii.gz")
-        ending = ending if ending in SITK_ENDINGS else ".nii.gz"
+        ending = self._map_ending()
         case_name = basename(case["ofile"])
         for name, volume in zip(maps, in_input_geometry):
             with atomic_path(join(self.uncertainty_folder, f"{case_name}_{name}{ending}")) as tmp:

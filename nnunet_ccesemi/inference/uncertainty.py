@@ -8,7 +8,11 @@ symmetric KL of the joint distribution of independent outputs).
 """
 from __future__ import annotations
 
+import math
+from typing import Iterable
+
 import torch
+import torch.nn.functional as F
 
 from nnunet_ccesemi.losses.entropy import normalized_entropy
 
@@ -45,3 +49,35 @@ def symmetric_kl(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8
     probs_a, probs_b = probs_a.float(), probs_b.float()
     log_ratio = probs_a.clamp_min(eps).log() - probs_b.clamp_min(eps).log()
     return ((probs_a - probs_b) * log_ratio).sum(0)
+
+
+def logits_of_mean_probability(member_logits: Iterable[torch.Tensor], regions: bool = False) -> torch.Tensor:
+    """Logits whose inference nonlinearity gives the mean of the members' probabilities p̄.
+
+    Softmax over the class axis 0: ``log p̄_c = logsumexp_m log_softmax(z_m)_c − log M``. Regions
+    (sigmoid): ``logit p̄ = logsumexp_m log σ(z_m) − logsumexp_m log σ(−z_m)``. Both stay in log
+    space, so a saturated member keeps its own logit where ``log p̄`` of float32 probabilities would
+    have collapsed it onto ±87 (σ(z) is exactly 1 in float32 from z ≈ 17), which moves the 0.5
+    boundary when nnU-Net's export resamples the logits. The members are consumed one at a time: a
+    generator keeps one member's logits in memory besides the running sums.
+    """
+    positive = negative = None
+    count = 0
+    for logits in member_logits:
+        logits = logits.float()
+        if regions:
+            log_p, log_not_p = F.logsigmoid(logits), F.logsigmoid(-logits)
+        else:
+            log_p, log_not_p = torch.log_softmax(logits, 0), None
+        if positive is None:
+            positive, negative = log_p, log_not_p
+        else:
+            torch.logaddexp(positive, log_p, out=positive)
+            if regions:
+                torch.logaddexp(negative, log_not_p, out=negative)
+        count += 1
+    if positive is None:
+        raise ValueError("no member logits to average")
+    if regions:
+        return positive.sub_(negative)  # the log M of both sums cancels
+    return positive.sub_(math.log(count))
