@@ -208,8 +208,11 @@ def _start_or_reset(output_folder: str, recorded: dict | None, fingerprint: str)
         print(f"{output_folder} was made with other plans (fingerprint {recorded.get('fingerprint')}); "
               f"preprocessing it again.")
         shutil.rmtree(output_folder, ignore_errors=True)
-    elif recorded is None and os.path.isdir(output_folder):
-        shutil.rmtree(output_folder)  # no manifest: plans unknown, cannot be trusted
+    elif recorded is None and os.path.isdir(output_folder) and os.listdir(output_folder):
+        # no manifest: plans and sources unknown, so the cases cannot be trusted (derived data only)
+        print(f"{output_folder} has no record of the plans and raw files it was made from "
+              f"({os.path.basename(manifest_path(output_folder))} is missing); preprocessing it again.")
+        shutil.rmtree(output_folder)
     os.makedirs(output_folder, exist_ok=True)
 
 
