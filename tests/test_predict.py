@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 import re
 import shutil
+from pathlib import Path
 
 import nibabel
 import numpy as np
@@ -90,15 +91,24 @@ def _probabilities(folder, case):
     return np.load(folder / f"{case}.npz")["probabilities"]
 
 
+@pytest.fixture(scope="module")
+def both_with_maps(trained_cce, tmp_path_factory):
+    """The mean of both networks with probabilities and uncertainty maps, predicted once for the tests
+    that read it (copy it before changing it)."""
+    output = tmp_path_factory.mktemp("both_with_maps")
+    _predict(trained_cce[0], output, "--save_probabilities", "--uncertainty")
+    return output
+
+
 @pytest.mark.integration
-def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
+def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, both_with_maps, tmp_path):
     planned, _ = trained_cce
-    outputs = {name: tmp_path / name for name in ("stock", "a", "b", "both", "both_no_maps")}
+    outputs = {name: tmp_path / name for name in ("stock", "a", "b", "both_no_maps")}
+    outputs["both"] = both_with_maps
     _predict(planned, outputs["stock"], "--save_probabilities", command="nnUNetv2_predict")
     for networks in ("a", "b"):
         _predict(planned, outputs[networks], "--networks", networks, "--save_probabilities")
-    _predict(planned, outputs["both"], "--save_probabilities", "--uncertainty")
-    _predict(planned, outputs["both_no_maps"], "--save_probabilities")  # the running-sum path
+    _predict(planned, outputs["both_no_maps"], "--save_probabilities")  # without maps: one member at a time
 
     for image_file in sorted((planned["raw"] / "imagesTs").iterdir()):
         case = image_file.name.replace("_0000.nii.gz", "")
@@ -130,11 +140,11 @@ def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, tmp_path):
 
 
 @pytest.mark.integration
-def test_sequential_parts_and_continuing_with_maps(trained_cce, tmp_path):
+def test_sequential_parts_and_continuing_with_maps(trained_cce, both_with_maps, tmp_path):
     planned, _ = trained_cce
     cases = sorted(p.name.replace("_0000.nii.gz", "") for p in (planned["raw"] / "imagesTs").iterdir())
-    workers, sequential, parts = tmp_path / "workers", tmp_path / "sequential", tmp_path / "parts"
-    _predict(planned, workers, "--save_probabilities", "--uncertainty")
+    workers = Path(shutil.copytree(both_with_maps, tmp_path / "workers"))
+    sequential, parts = tmp_path / "sequential", tmp_path / "parts"
     # nnUNetv2_predict's -npp 0 -nps 0: no worker processes, the same mean of both networks
     _predict(planned, sequential, "--save_probabilities", "-npp", "0", "-nps", "0")
     for case in cases:
