@@ -14,7 +14,8 @@ equal the single-process computation on the concatenated batch. Checked here for
   sequential step, finite gradients;
 * uneven shares: nnU-Net splits a global batch of 3 as 2 + 1 over two GPUs (the unlabelled stream
   follows the per-rank batch size), and a rank without unlabelled rows must not deadlock the others;
-* the trainer's ``_mean_over_ranks`` (the per-epoch statistics in the log).
+* the trainer's ``_values_over_ranks`` (the per-epoch statistics in the log and the dead-term
+  warnings, which must see every rank's iterations).
 
 One spawned pair of processes runs every computation once (module-scoped fixture) and saves its
 results with ``torch.save``; the tests compare them with the single-process computation here.
@@ -47,6 +48,7 @@ from nnunet_ccesemi.losses import (
     prototype_infonce_loss,
 )
 from nnunet_ccesemi.losses import objective as objective_module
+from nnunet_ccesemi.training.diagnostics import dead_term_warnings
 
 WORLD_SIZE = 2
 SPATIAL = (3, 4, 5)
@@ -75,7 +77,11 @@ OBJECTIVE_SPLITS = {
     "uneven": (([0, 1], [0, 1]), ([2], [2])),  # nnU-Net's split of a global batch of 3 over 2 GPUs
     "one_rank_empty": (([0], [0, 1]), ([1], [])),
 }
-MEAN_OVER_RANKS_VALUES = ([np.float32(1.0), np.float32(2.0), float("nan")], [np.float32(4.0), np.float32(5.0)])
+# one statistic's per-iteration values on each rank; the second is 0 on rank 0 only (a term alive on rank 1)
+OVER_RANKS_VALUES = {
+    "mean": ([np.float32(1.0), np.float32(2.0), float("nan")], [np.float32(4.0), np.float32(5.0)]),
+    "entropy_filter_a": ([np.float32(0.0), np.float32(0.0)], [np.float32(0.0), np.float32(0.3)]),
+}
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -205,14 +211,12 @@ def _objective_section(rank: int, split_name: str) -> dict:
     }
 
 
-def _mean_over_ranks_section(rank: int) -> dict:
+def _values_over_ranks_section(rank: int) -> dict:
     from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
 
-    values = MEAN_OVER_RANKS_VALUES[rank]
-    return {
-        "ddp": nnUNetTrainerDualNetwork._mean_over_ranks(types.SimpleNamespace(is_ddp=True), values),
-        "local": nnUNetTrainerDualNetwork._mean_over_ranks(types.SimpleNamespace(is_ddp=False), values),
-    }
+    gather = nnUNetTrainerDualNetwork._values_over_ranks
+    return {f"{mode}/{key}": gather(types.SimpleNamespace(is_ddp=mode == "ddp"), values[rank])
+            for key, values in OVER_RANKS_VALUES.items() for mode in ("ddp", "local")}
 
 
 # Run in this order; a crash (gloo aborts on a collective mismatch) only loses the sections after it.
@@ -220,7 +224,7 @@ SECTIONS = {
     "quantile": _quantile_section,
     "class_quantiles": _class_quantile_section,
     "prototypes": _prototype_section,
-    "mean_over_ranks": _mean_over_ranks_section,
+    "values_over_ranks": _values_over_ranks_section,
     **{f"objective/{split_name}": functools.partial(_objective_section, split_name=split_name)
        for split_name in OBJECTIVE_SPLITS},
 }
@@ -424,10 +428,14 @@ def test_sequential_step_reduces_like_the_joint_step(ranks, split_name):
                                        msg=f"{key} rank {rank}")
 
 
-def test_trainer_mean_over_ranks_is_the_nanmean_of_all_ranks(ranks):
-    per_rank = section(ranks, "mean_over_ranks")
-    expected = float(np.nanmean([v for values in MEAN_OVER_RANKS_VALUES for v in values]))
-    assert expected == 3.0
-    for rank, results in enumerate(per_rank):
-        assert results["ddp"] == expected, rank
-        assert results["local"] == float(np.nanmean(MEAN_OVER_RANKS_VALUES[rank])), rank
+def test_trainer_gathers_every_ranks_statistics(ranks):
+    for rank, results in enumerate(section(ranks, "values_over_ranks")):
+        for key, values in OVER_RANKS_VALUES.items():
+            np.testing.assert_array_equal(np.asarray(results[f"ddp/{key}"], dtype=np.float64),
+                                          np.concatenate(values).astype(np.float64), err_msg=f"{key} rank {rank}")
+            np.testing.assert_array_equal(np.asarray(results[f"local/{key}"], dtype=np.float64),
+                                          np.asarray(values[rank], dtype=np.float64), err_msg=f"{key} rank {rank}")
+        assert float(np.nanmean(results["ddp/mean"])) == 3.0, rank
+        # the entropy-filtered term trained on rank 1 only: rank 0 (the one that logs) must not call it dead
+        assert dead_term_warnings({"entropy_filter_a": results["ddp/entropy_filter_a"]}) == [], rank
+    assert dead_term_warnings({"entropy_filter_a": OVER_RANKS_VALUES["entropy_filter_a"][0]}) != []

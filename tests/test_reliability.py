@@ -209,12 +209,33 @@ def test_dead_term_warnings_name_the_term_and_the_reason():
     warnings = dead_term_warnings(epoch)
     assert len(warnings) == 4
     contrast = next(w for w in warnings if "contrast (network A)" in w)
-    assert "two class prototypes" in contrast and "num_prototypes 1" in contrast
+    assert "prototypes of two classes" in contrast and "num_prototypes 1" in contrast
     assert "class 1 0" in contrast  # the foreground prototype was never there
     entropy_filter = next(w for w in warnings if "entropy_filter (network A)" in w)
     assert "reliable_fraction 0.2" in entropy_filter and "class 1 0" in entropy_filter
     assert any("cosine term" in w and "agreement 1" in w for w in warnings)
     assert not any("entropy_filter (network B)" in w or "cps" in w for w in warnings)
+
+
+def test_dead_entropy_filter_with_reliable_voxels_is_called_saturated():
+    """F.cross_entropy is exactly 0 once the logit gap passes ~17: reliable voxels can train nothing."""
+    warnings = dead_term_warnings({"entropy_filter_a": [0.0, 0.0], "reliable_fraction": [0.3, 0.3]})
+    assert len(warnings) == 1 and "saturated" in warnings[0] and "reliable_fraction 0.3" in warnings[0]
+
+
+def test_no_entropy_filter_ablation_does_not_compute_the_contrast_it_zeroes():
+    """Every voxel reliable leaves nothing uncertain: term 6 is off, so no statistic can call it dead."""
+    from nnunet_ccesemi.trainers import nnUNetTrainerCCE_noEntropyFilter
+
+    config = nnUNetTrainerCCE_noEntropyFilter.method_config
+    assert not config.filter_entropy
+    logits_a, _ = background_dominated_logits("ascending")
+    logits_b, _ = background_dominated_logits("reversed")
+    features = torch.randn(2, 4, *SPATIAL, generator=torch.Generator().manual_seed(1), requires_grad=True)
+    _, stats = DualNetworkObjective(config, 2)(logits_a, logits_b, n_labeled=0, features_a=features,
+                                                features_b=features, contrast_weight=1.0)
+    assert "contrast_a" not in stats and "num_prototypes" not in stats
+    assert stats["reliable_fraction"].item() == 1.0 and stats["entropy_filter_a"] > 0
 
 
 def test_no_warning_for_live_terms_or_statistics():

@@ -9,7 +9,10 @@ class nnUNetTrainerCCE(nnUNetTrainerDualNetwork):
 
 
 class nnUNetTrainerCCE_noEntropyFilter(nnUNetTrainerCCE):
-    method_config = CCE_CONFIG.replace(filter_entropy=False)
+    """Every unlabelled voxel reliable (METHOD.md §3). Nothing is then uncertain, so the contrastive term
+    is 0 by definition: it is switched off instead of computed (no feature hooks, no prototypes, no
+    per-epoch dead-term warning)."""
+    method_config = CCE_CONFIG.replace(filter_entropy=False, contrast_weight=0.0)
 
 
 class nnUNetTrainerCCE_noKLWeight(nnUNetTrainerCCE):

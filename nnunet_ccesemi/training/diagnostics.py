@@ -16,9 +16,10 @@ import numpy as np
 
 # Logged term name prefix -> what it needs to be non-zero, and the statistics that show whether it had it.
 _TERMS = {
-    "entropy_filter": ("no reliable unlabelled voxel contributed", ("reliable_fraction",)),
-    "contrast": ("InfoNCE needs two class prototypes and uncertain voxels to pull",
-                 ("num_prototypes", "reliable_fraction")),
+    "entropy_filter": ("no unlabelled voxel was reliable, or every reliable one already sat at its "
+                       "pseudo-label (saturated, zero cross-entropy)", ("reliable_fraction",)),
+    "contrast": ("it needs uncertain (unreliable) voxels to pull and, for InfoNCE, the prototypes of two "
+                 "classes", ("num_prototypes", "reliable_fraction")),
     "cps": ("the peer's pseudo-labels gave no loss", ("agreement",)),
     "cosine": ("the two networks' probabilities are identical", ("agreement",)),
     "disagreement": ("the networks never disagreed confidently on a labelled voxel", ()),

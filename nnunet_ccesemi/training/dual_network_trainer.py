@@ -471,15 +471,17 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
     def on_train_epoch_end(self, train_outputs: List[dict]):
         super().on_train_epoch_end(train_outputs)
         outputs = collate_outputs(train_outputs)
-        summary = []
+        summary, epoch_stats = [], {}
         for key in sorted(k for k in outputs if k.startswith(STAT_PREFIX)):
-            value = self._mean_over_ranks(outputs[key])
+            values = self._values_over_ranks(outputs[key])
+            value = float(np.nanmean(values))
             self._ensure_logger_key(key)
             self.logger.log(key, value, self.current_epoch)
             summary.append(f"{key[len(STAT_PREFIX):]} {value:.4g}")
+            epoch_stats[key[len(STAT_PREFIX):]] = values
         self.print_to_log_file("semi-supervised: " + ", ".join(summary))
         if self._ramp_up_finished_before_epoch():
-            epoch_stats = {k[len(STAT_PREFIX):]: v for k, v in outputs.items() if k.startswith(STAT_PREFIX)}
+            # every rank's iterations: a term dead on rank 0 may still train on the others
             for warning in dead_term_warnings(epoch_stats):
                 self.print_to_log_file(warning)
 
@@ -489,12 +491,13 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
                                                      self.method_config.unsupervised_rampup_fraction)
         return self.current_epoch * self.num_iterations_per_epoch >= ramp_iterations
 
-    def _mean_over_ranks(self, values) -> float:
+    def _values_over_ranks(self, values) -> list:
+        """This epoch's per-iteration values of one statistic from every rank (this rank's alone without DDP)."""
         if self.is_ddp:
             gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, values)
-            values = [v for rank_values in gathered for v in rank_values]
-        return float(np.nanmean(values))
+            dist.all_gather_object(gathered, list(values))
+            return [v for rank_values in gathered for v in rank_values]
+        return list(values)
 
     def _ensure_logger_key(self, key: str) -> None:
         """nnU-Net's logger only accepts known keys, one value per epoch; pad for resumed older runs."""
