@@ -55,6 +55,30 @@ def nested_by_label_manager(probabilities: np.ndarray) -> np.ndarray:
     return np.stack(out).astype(np.int64)
 
 
+def reliability_by_hand(probabilities: dict, quantile: float):
+    """The reference of term 3's targets on region rows (N, R, *spatial) of sigmoid probabilities per network.
+
+    Returns each network's nested labels, the thresholds ``{(net, r, side): τ or None}``, the reliable
+    voxels (class-balanced per region and side; a channel whose decision the nesting overruled is least
+    confident) and the nested joint pseudo-labels (confident rule; overruled joint labels not reliable).
+    """
+    own, raw, entropy, thresholds = {}, {}, {}, {}
+    reliable = np.zeros(next(iter(probabilities.values())).shape, bool)
+    for net, p in probabilities.items():
+        own[net], raw[net] = nested_by_label_manager(p), (p > 0.5).astype(np.int64)
+        entropy[net] = np.where(own[net] != raw[net], np.inf, binary_entropy(p))
+        for r in range(p.shape[1]):
+            for side, value in (("out", 0), ("in", 1)):
+                values = np.sort(entropy[net][:, r][own[net][:, r] == value])
+                threshold = values[int(math.floor(quantile * (values.size - 1)))] if values.size else None
+                thresholds[net, r, side] = threshold
+                if threshold is not None:
+                    reliable[:, r] |= (own[net][:, r] == value) & (entropy[net][:, r] <= threshold * (1 + 1e-6))
+    joint = np.where(entropy["a"] <= entropy["b"], raw["a"], raw["b"])
+    pseudo = nested_by_label_manager(joint.astype(np.float64))
+    return own, thresholds, reliable & (pseudo == joint), pseudo, joint
+
+
 def batch(n_labeled=1, n_unlabeled=2, spatial=(2, 3, 2), seed=0, scale=2.0, features=4):
     generator = torch.Generator().manual_seed(seed)
     rows = n_labeled + n_unlabeled
@@ -175,21 +199,25 @@ def test_class_balanced_reliability_per_region_and_side_by_hand():
     b = batch(n_unlabeled=2, spatial=(4, 4, 3), seed=5)
     config = MethodConfig(**{**OFF, "entropy_filter_weight": 1.0, "entropy_quantile": 0.3})
     _, stats = objective(config)(**b)
-    reliable = np.zeros((2, 3, 4, 4, 3), bool)
-    for net in ("a", "b"):
-        p = sigmoid(numpy_of(b, f"logits_{net}")[1:])
-        entropy = binary_entropy(p)
-        own = nested_by_label_manager(p)
-        for r in range(3):
-            for side, value in (("out", 0), ("in", 1)):
-                values = np.sort(entropy[:, r][own[:, r] == value])
-                threshold = float(stats[f"entropy_threshold_{net}_r{r}_{side}"])
-                if values.size == 0:
-                    assert math.isnan(threshold)
-                    continue
-                assert threshold == pytest.approx(values[int(math.floor(0.3 * (values.size - 1)))], rel=1e-5)
-                reliable[:, r] |= (own[:, r] == value) & (entropy[:, r] <= threshold + 1e-7)
+    probabilities = {net: sigmoid(numpy_of(b, f"logits_{net}")[1:]) for net in "ab"}
+    _, thresholds, reliable, pseudo, joint = reliability_by_hand(probabilities, 0.3)
+    for (net, r, side), threshold in thresholds.items():
+        logged = float(stats[f"entropy_threshold_{net}_r{r}_{side}"])
+        assert math.isnan(logged) if threshold is None else logged == pytest.approx(threshold, rel=1e-5)
+    assert (pseudo != joint).any()  # the batch holds voxels whose joint label the nesting overrules
     assert float(stats["reliable_fraction"]) == pytest.approx(reliable.mean(), abs=1e-6)
+
+
+def test_a_confident_channel_overruled_by_nesting_is_not_reliable():
+    """Whole tumour +10, core -12 (confidently outside), enhancing +3: nnU-Net's label map calls the voxel
+    enhancing, hence core. Its low core entropy vouches for "outside", so it must not supervise "inside"."""
+    z = 0.5 * torch.randn(1, 3, 10, 1, generator=torch.Generator().manual_seed(0))
+    z[0, :, 0, 0] = torch.tensor([10.0, -12.0, 3.0])
+    config = MethodConfig(**{**OFF, "entropy_filter_weight": 1.0})
+    targets = objective(config)._unlabeled_targets({"a": binary_logits(z), "b": binary_logits(z)}, 0, True, {})
+    assert targets.pseudo_labels.view(1, 3, 10, 1)[0, 1, 0, 0] == 1  # the nested label: core
+    assert not targets.reliable.view(1, 3, 10, 1)[0, 1, 0, 0]
+    assert targets.reliable.view(1, 3, 10, 1)[0, 0, 0, 0]  # whole tumour: inside by its own decision too
 
 
 def test_global_rule_is_one_threshold_per_region():
@@ -205,20 +233,8 @@ def test_contrast_term_by_hand_per_region_with_the_complement_as_negative():
                              "entropy_quantile": 0.5, "filter_entropy": True})
     obj = objective(config)
     _, stats = obj(**b, contrast_weight=1.0)
-    za, zb = numpy_of(b, "logits_a")[1:], numpy_of(b, "logits_b")[1:]
-    pa, pb = sigmoid(za), sigmoid(zb)
-    own = {"a": nested_by_label_manager(pa), "b": nested_by_label_manager(pb)}
-    entropy = {"a": binary_entropy(pa), "b": binary_entropy(pb)}
-    reliable = np.zeros_like(own["a"], bool)
-    for net in "ab":
-        for r in range(3):
-            for value in (0, 1):
-                side = own[net][:, r] == value
-                if side.any():
-                    values = np.sort(entropy[net][:, r][side])
-                    threshold = values[int(math.floor(0.5 * (values.size - 1)))]
-                    reliable[:, r] |= side & (entropy[net][:, r] <= threshold)
-    pseudo = nested_by_label_manager(np.where(entropy["a"] <= entropy["b"], pa, pb))
+    probabilities = {net: sigmoid(numpy_of(b, f"logits_{net}")[1:]) for net in "ab"}
+    own, _, reliable, pseudo, _ = reliability_by_hand(probabilities, 0.5)
     features = numpy_of(b, "features_a")[1:]
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
     losses = []

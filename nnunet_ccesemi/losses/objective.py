@@ -323,6 +323,13 @@ class DualNetworkObjective(nn.Module):
         if not needs_targets:
             return None
         entropy = {net: normalized_entropy_from_logits(logits_unlabeled[net]) for net in NETWORKS}
+        if self.regions is not None and config.filter_entropy:
+            # Nesting can overrule a channel's own decision (enhancing tumour inside, core confidently
+            # outside: the exported label puts the voxel in the core). A low entropy then vouches for the
+            # opposite of the label, so such a voxel counts as least confident for that network.
+            for net in NETWORKS:
+                overruled = own_labels[net] != class_argmax(logits_unlabeled[net])
+                entropy[net] = entropy[net].masked_fill(overruled, float("inf"))
         if not config.filter_entropy:
             reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
         elif config.reliability_rule == "global" and self.regions is None:
@@ -351,7 +358,10 @@ class DualNetworkObjective(nn.Module):
             logits_unlabeled["a"], logits_unlabeled["b"], entropy["a"], entropy["b"], config.pseudo_label_rule
         )
         if self.regions is not None:
-            pseudo_labels = self._nested(pseudo_labels)
+            nested = self._nested(pseudo_labels)
+            if config.filter_entropy:
+                reliable = reliable & (nested == pseudo_labels)  # the joint label's nesting overruled it too
+            pseudo_labels = nested
         stats["reliable_fraction"] = reliable.float().mean()
         # Per pseudo-class: the share of its voxels that supervise (NaN for a class absent from the batch).
         groups = self._groups(pseudo_labels).reshape(-1)
