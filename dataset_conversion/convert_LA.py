@@ -60,6 +60,7 @@ CONVERTER_VERSION = "1.0"
 PROG = "nnUNetv2_ccesemi_convert_LA"
 DEFAULT_LABELED = 8
 DEFAULT_H5_SPACING = 0.625
+UA_MT_SLICES = 88  # z extent of every UA-MT mri_norm2.h5 (the challenge scans' 88 slices, never cropped)
 
 H5_FILE = "mri_norm2.h5"
 NRRD_IMAGE = "lgemri.nrrd"
@@ -156,6 +157,16 @@ def _h5_array(h5_file: h5py.File, key: str, path: Path) -> np.ndarray:
                               f"(x, y, z) array")
     check_finite(array, path)
     return array
+
+
+def _h5_depth(path: Path) -> int | None:
+    """The slice count (z) of ``path``'s image, or None where it cannot be read (the conversion says why)."""
+    try:
+        with h5py.File(path, "r") as h5_file:
+            entry = h5_file.get("image")
+            return int(entry.shape[2]) if isinstance(entry, h5py.Dataset) and entry.ndim == 3 else None
+    except OSError:
+        return None
 
 
 def _describe_h5_entry(entry: object) -> str:
@@ -282,16 +293,29 @@ def make_jobs(split: Split, layout: SourceLayout, out_dir: Path,
             + [job(i, "imagesTs", "labelsTs") for i in split.test])
 
 
-def resolve_spacing(layout: SourceLayout, spacing: list[float] | None) -> tuple[float, ...]:
-    """(x, y, z) spacing for h5 input; nrrd files carry their own (``--spacing`` is ignored)."""
+def resolve_spacing(layout: SourceLayout, spacing: list[float] | None,
+                    first_h5: Path | None = None) -> tuple[float, ...]:
+    """(x, y, z) spacing for h5 input; nrrd files carry their own (``--spacing`` is ignored).
+
+    Without ``--spacing`` the UA-MT grid is assumed; ``first_h5``'s slice count tells whether the files
+    look resampled (every UA-MT case has 88 slices: its preprocessing never crops z).
+    """
     if layout.kind == "nrrd":
         if spacing is not None:
             print("note: --spacing is ignored for nrrd input; the files' own geometry is kept",
                   file=sys.stderr)
         return ()
     if spacing is None:
-        print(f"note: h5 files carry no spacing and --spacing was not given; assuming "
-              f"{DEFAULT_H5_SPACING} mm isotropic (the UA-MT files' grid)", file=sys.stderr)
+        depth = _h5_depth(first_h5) if first_h5 is not None else None
+        if depth is not None and depth != UA_MT_SLICES:
+            print(f"warning: h5 files carry no spacing and --spacing was not given; assuming "
+                  f"{DEFAULT_H5_SPACING} mm isotropic (the UA-MT files' grid), but {first_h5} has {depth} "
+                  f"slices where every UA-MT case has {UA_MT_SLICES}: if these files were resampled, pass "
+                  f"their spacing (--spacing {DEFAULT_H5_SPACING * UA_MT_SLICES / depth:g} if from full "
+                  f"scans)", file=sys.stderr)
+        else:
+            print(f"note: h5 files carry no spacing and --spacing was not given; assuming "
+                  f"{DEFAULT_H5_SPACING} mm isotropic (the UA-MT files' grid)", file=sys.stderr)
     values = [DEFAULT_H5_SPACING] if spacing is None else spacing
     if len(values) == 1:
         values = values * 3
@@ -324,12 +348,18 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     """Check everything, convert into a temporary folder, move it into place; return counts."""
     root = Path(args.input).absolute()
     layout = detect_layout(root, None if args.layout == "auto" else args.layout)
-    spacing = resolve_spacing(layout, args.spacing)
     split, split_info = build_split(args)
     split, test_absent = check_cases_present(split, layout)
     if test_absent:
-        print(f"note: {len(test_absent)} of {len(test_absent) + len(split.test)} test cases are "
-              f"not in {layout.cases_dir} and were skipped", file=sys.stderr)
+        # skipped, not refused: a partial copy (the 1.25 mm one) lacks the shipped test cases; the IDs go
+        # into dataset.json's ssl_split.test_absent_from_input
+        source = f"--test-list {args.test_list}" if args.test_list else "the shipped test list"
+        print(f"{'warning' if args.test_list else 'note'}: {len(test_absent)} of "
+              f"{len(test_absent) + len(split.test)} test cases of {source} are not in {layout.cases_dir} and "
+              f"were skipped: {', '.join(test_absent[:10])}{' ...' if len(test_absent) > 10 else ''}",
+              file=sys.stderr)
+    first_case = (split.labeled + split.unlabeled)[0]
+    spacing = resolve_spacing(layout, args.spacing, layout.cases_dir / first_case / H5_FILE)
     output_root = resolve_output_root(args.output_root)
     folder_name = dataset_folder_name(args.dataset_id, args.name)
     check_dataset_id_free(output_root, folder_name)

@@ -20,7 +20,7 @@ from nnunet_ccesemi.dataset_conversion import common
 from nnunet_ccesemi.dataset_conversion.common import (ConversionError, atomic_dataset_dir,
                                                       make_split, read_case_list,
                                                       resolve_num_labeled)
-from nnunet_ccesemi.dataset_conversion.convert_LA import main
+from nnunet_ccesemi.dataset_conversion.convert_LA import SourceLayout, main, resolve_spacing
 
 SHAPE_XYZ = (8, 6, 4)
 TRAIN_IDS = [f"CASE{i:02d}" for i in range(9)]
@@ -214,6 +214,26 @@ def test_h5_anisotropic_spacing(h5_root, lists, tmp_path):
     path = dataset_dir(out) / "imagesUnlabeled" / f"{TRAIN_IDS[-1]}_0000.nii.gz"
     image = sitk.ReadImage(str(path))
     assert image.GetSpacing() == pytest.approx((0.5, 0.6, 2.0))
+
+
+def test_h5_without_spacing_warns_when_the_files_look_resampled(h5_root, lists, tmp_path, capsys):
+    """The 1.25 mm copy converted without --spacing would be written at 0.625 mm: the slice count says so."""
+    assert convert(h5_root, tmp_path / "raw", lists) == 0
+    err = capsys.readouterr().err
+    assert f"has {SHAPE_XYZ[2]} slices" in err and f"--spacing {0.625 * 88 / SHAPE_XYZ[2]:g}" in err
+    assert "warning: 1 of 3 test cases of --test-list" in err and ABSENT_TEST_ID in err
+    image = sitk.ReadImage(str(dataset_dir(tmp_path / "raw") / "imagesTr" / f"{TRAIN_IDS[0]}_0000.nii.gz"))
+    assert image.GetSpacing() == (0.625, 0.625, 0.625)  # still the documented default
+
+
+def test_h5_spacing_note_for_a_ua_mt_sized_file(tmp_path, capsys):
+    path = tmp_path / "case" / "mri_norm2.h5"
+    path.parent.mkdir()
+    write_h5(path, np.zeros((2, 2, 88), np.float32), np.zeros((2, 2, 88), np.uint8))
+    layout = SourceLayout(kind="h5", cases_dir=tmp_path)
+    assert resolve_spacing(layout, None, path) == (0.625, 0.625, 0.625)
+    err = capsys.readouterr().err
+    assert err.startswith("note:") and "slices" not in err
 
 
 def test_nrrd_geometry_preserved_and_labels_mapped(nrrd_root, lists, tmp_path):
