@@ -4,7 +4,8 @@ Source: the Pancreas-CT collection of The Cancer Imaging Archive (Roth et al. 20
 
 * CT: one DICOM series per case, three levels deep:
   ``<cases>/PANCREAS_0001/<study>/<series>/*.dcm``, where ``<cases>`` is ``-i`` itself,
-  ``-i/Pancreas-CT`` or ``-i/Pancreas-CT/Pancreas-CT``. The series is read with SimpleITK's
+  ``-i/Pancreas-CT``, ``-i/Pancreas-CT/Pancreas-CT`` or the NBIA Data Retriever's
+  ``-i/manifest-<timestamp>/Pancreas-CT``. The series is read with SimpleITK's
   ``ImageSeriesReader`` (slices sorted by position, rescale slope/intercept applied; every file of
   the series folder must be a slice of it and the slices evenly spaced) and written as int16
   Hounsfield units with the series' geometry.
@@ -175,16 +176,15 @@ def find_cases_dir(root: Path) -> Path:
     """The folder holding the ``PANCREAS_NNNN`` case folders."""
     if not root.is_dir():
         raise ConversionError(f"the input folder {root} does not exist")
-    found = []
-    for name in CASES_DIR_CANDIDATES:
-        folder = root / name if name else root
-        if folder.is_dir() and any(p.is_dir() and _CASE_FOLDER.match(p.name)
-                                   for p in folder.iterdir()):
-            found.append(folder)
+    # the NBIA Data Retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/...
+    candidates = [root / name if name else root for name in CASES_DIR_CANDIDATES]
+    candidates += sorted(root.glob("manifest-*/Pancreas-CT"))
+    found = [folder for folder in candidates
+             if folder.is_dir() and any(p.is_dir() and _CASE_FOLDER.match(p.name) for p in folder.iterdir())]
     if not found:
         raise ConversionError(f"no Pancreas-CT cases found in {root}: expected case folders "
-                              f"PANCREAS_NNNN/<study>/<series>/*.dcm in it or in "
-                              f"{root / 'Pancreas-CT'}")
+                              f"PANCREAS_NNNN/<study>/<series>/*.dcm in it, in {root / 'Pancreas-CT'} "
+                              f"or in {root / 'manifest-*' / 'Pancreas-CT'} (the NBIA Data Retriever's)")
     if len(found) > 1:
         raise ConversionError(f"case folders PANCREAS_NNNN in several places "
                               f"({', '.join(map(str, found))}); pass the one to use as -i")

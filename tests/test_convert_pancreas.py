@@ -500,10 +500,25 @@ def test_labels_option_and_missing_label_folder(copy, lists, tmp_path, capsys):
     assert meta_of(out)["conversion"]["source"]["labels_dir"] == str(moved)
 
 
+def test_nbia_data_retriever_destination(copy, lists, tmp_path, capsys):
+    """The retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/...; -i <destination>."""
+    manifest = copy / "manifest-1599750808610" / "Pancreas-CT"
+    manifest.mkdir(parents=True)
+    for case in copy.glob("PANCREAS_*"):
+        shutil.move(str(case), manifest)
+    out = tmp_path / "raw"
+    assert convert(copy, out, lists, "--labeled", "2") == 0
+    assert meta_of(out)["conversion"]["source"]["cases_dir"] == str(manifest)
+    shutil.copytree(manifest, copy / "manifest-1600000000000" / "Pancreas-CT")  # two downloads: which one?
+    assert convert(copy, tmp_path / "raw2", lists, "--labeled", "2") == 1
+    assert "several places" in capsys.readouterr().err
+
+
 def test_no_cases_in_input(tmp_path, lists, capsys):
     (tmp_path / "empty").mkdir()
     assert convert(tmp_path / "empty", tmp_path / "raw", lists) == 1
-    assert "PANCREAS_NNNN/<study>/<series>/*.dcm" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "PANCREAS_NNNN/<study>/<series>/*.dcm" in err and "manifest-*" in err
 
 
 def test_console_script_is_installed():
