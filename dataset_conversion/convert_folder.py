@@ -23,7 +23,8 @@ tumour`` (value = position) or ``--labels-json FILE`` (``{"background": 0, "live
 values must be 0, 1, ..., K (nnU-Net's rule) with ``background`` = 0, and a label file holding any
 other value is an error naming the file. Without names, the values found in all label files must be
 0, 1, ..., K (a gap is an error naming the values and the files that hold the values above it);
-they are named ``background``, ``label1``, ``label2``...
+they are named ``background``, ``label1``, ``label2``... ``--label-map 255=1`` rewrites values as
+they are read (masks saved as 0/255; values not listed are kept), before any of these checks.
 
 Every image and label is checked (3D, one value per voxel; all channels and the label on the first
 channel's grid: size, spacing, origin, direction) and written as ``.nii.gz`` with its geometry.
@@ -75,6 +76,7 @@ class CaseJob:
     image_outs: tuple[Path, ...]
     label_out: Path | None
     allowed_values: tuple[int, ...] | None
+    value_map: tuple[tuple[int, int], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,6 +311,45 @@ def label_mapping(args: argparse.Namespace) -> dict[str, int] | None:
     return dict(sorted(mapping.items(), key=lambda item: item[1]))
 
 
+def _ranges(values: Sequence[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``"1-3, 7"``: 254 missing values of a 0/255 mask in one short phrase."""
+    runs: list[list[int]] = []
+    for value in values:
+        if runs and value == runs[-1][1] + 1:
+            runs[-1][1] = value
+        else:
+            runs.append([value, value])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def parse_label_map(pairs: Sequence[str] | None) -> tuple[tuple[int, int], ...]:
+    """``["255=1", "128=2"]`` -> ``((255, 1), (128, 2))``.
+
+    Raises:
+        ConversionError: a pair that is not ``OLD=NEW`` with integers >= 0, or an OLD given twice.
+    """
+    parsed: dict[int, int] = {}
+    for pair in pairs or ():
+        match = re.fullmatch(r"\s*(\d+)\s*=\s*(\d+)\s*", pair)
+        if match is None:
+            raise ConversionError(f"--label-map takes OLD=NEW pairs of integers >= 0 (e.g. 255=1), got '{pair}'")
+        old, new = int(match[1]), int(match[2])
+        if old in parsed:
+            raise ConversionError(f"--label-map gives value {old} twice")
+        parsed[old] = new
+    return tuple(sorted(parsed.items()))
+
+
+def remap_values(array: np.ndarray, value_map: Sequence[tuple[int, int]]) -> np.ndarray:
+    """``array`` with each OLD value replaced by its NEW one, all at once (``1=2 2=1`` swaps)."""
+    if not value_map:
+        return array
+    result = array.copy()
+    for old, new in value_map:
+        result[array == old] = new
+    return result
+
+
 def labels_from_values(found: dict[int, list[Path]]) -> dict[str, int]:
     """Default names for the values found; the values must be 0, 1, ..., K.
 
@@ -320,10 +361,12 @@ def labels_from_values(found: dict[int, list[Path]]) -> dict[str, int]:
     missing = sorted(set(expected) - set(values))
     if missing:
         above = sorted({path for v in values if v > missing[0] for path in found[v]})
+        hint = ""
+        if len(values) == 2 and values[0] == 0:  # a binary mask saved as 0/N, most often 0/255
+            hint = f"; for binary masks saved as 0/{values[1]} pass --label-map {values[1]}=1"
         raise ConversionError(f"label values {', '.join(map(str, values))} found; nnU-Net needs "
-                              f"0, 1, ..., K without gaps (missing: "
-                              f"{', '.join(map(str, missing))}); values above "
-                              f"{missing[0]} are in {name_files(above)}")
+                              f"0, 1, ..., K without gaps (missing: {_ranges(missing)}); values above "
+                              f"{missing[0]} are in {name_files(above)}{hint}")
     return {("background" if v == 0 else f"label{v}"): v for v in expected}
 
 
@@ -343,9 +386,9 @@ def read_channels(files: Sequence[Path]) -> list[sitk.Image]:
     return images
 
 
-def read_label(path: Path, reference: sitk.Image, reference_path: Path,
-               allowed: Sequence[int] | None) -> tuple[sitk.Image, tuple[int, ...]]:
-    """The label as uint8/uint16 on the reference grid, and the values in it."""
+def read_label(path: Path, reference: sitk.Image, reference_path: Path, allowed: Sequence[int] | None,
+               value_map: Sequence[tuple[int, int]] = ()) -> tuple[sitk.Image, tuple[int, ...]]:
+    """The label as uint8/uint16 on the reference grid (``value_map`` applied), and the values in it."""
     label = read_image(path, "label")
     check_scalar_volume(label, path)
     check_same_grid(reference, label, reference_path, path)
@@ -355,6 +398,9 @@ def read_label(path: Path, reference: sitk.Image, reference_path: Path,
         odd = [v for v in values.tolist() if v != round(v) or v < 0]
         raise ConversionError(f"{path}: label values must be integers >= 0, found "
                               f"{', '.join(str(v) for v in odd[:10])}")
+    if value_map:
+        array = remap_values(array.astype(np.int64), value_map)
+        values = np.unique(array)
     if allowed is not None:
         check_label_values(array, allowed, path)
     if values.max() > np.iinfo(np.uint16).max:
@@ -369,7 +415,7 @@ def read_label(path: Path, reference: sitk.Image, reference_path: Path,
 def convert_case(job: CaseJob) -> tuple[str, tuple[int, ...] | None]:
     """Read, check and write one case; returns its ID and label values. Runs in workers."""
     images = read_channels(job.channel_files)
-    label, values = (read_label(job.label, images[0], job.channel_files[0], job.allowed_values)
+    label, values = (read_label(job.label, images[0], job.channel_files[0], job.allowed_values, job.value_map)
                      if job.label is not None else (None, None))
     for image, path in zip(images, job.image_outs):
         write_image(image, path)
@@ -378,8 +424,8 @@ def convert_case(job: CaseJob) -> tuple[str, tuple[int, ...] | None]:
     return job.case_id, values
 
 
-def make_jobs(roles: dict[str, Role], out_dir: Path,
-              allowed: tuple[int, ...] | None) -> list[CaseJob]:
+def make_jobs(roles: dict[str, Role], out_dir: Path, allowed: tuple[int, ...] | None,
+              value_map: tuple[tuple[int, int], ...] = ()) -> list[CaseJob]:
     """One job per case, into imagesTr/labelsTr, imagesUnlabeled or imagesTs(/labelsTs)."""
     folders = {"labeled": ("imagesTr", "labelsTr"), "unlabeled": ("imagesUnlabeled", None),
                "test": ("imagesTs", "labelsTs")}
@@ -393,7 +439,7 @@ def make_jobs(roles: dict[str, Role], out_dir: Path,
                 image_outs=tuple(out_dir / images_folder / f"{case_id}_{c:04d}{NIFTI_ENDING}"
                                  for c in range(len(files))),
                 label_out=out_dir / labels_folder / f"{case_id}{NIFTI_ENDING}" if label else None,
-                allowed_values=allowed))
+                allowed_values=allowed, value_map=value_map))
     return jobs
 
 
@@ -424,6 +470,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="label names by value, starting with background")
     labels.add_argument("--labels-json", metavar="FILE",
                         help="JSON {\"background\": 0, \"name\": 1, ...}")
+    parser.add_argument("--label-map", nargs="+", metavar="OLD=NEW",
+                        help="rewrite label values as they are read, e.g. 255=1 for 0/255 masks "
+                             "(values not listed are kept)")
     add_output_arguments(parser, default_name="MyDataset")
     return parser
 
@@ -431,6 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
 def convert(args: argparse.Namespace, command: str) -> dict:
     """Check everything, convert into a temporary folder, move it into place; return counts."""
     mapping = label_mapping(args)
+    value_map = parse_label_map(args.label_map)
     roles, suffixes = collect_roles(args)
     channels = channel_names(args, len(suffixes))
     split = Split(labeled=tuple(roles["labeled"].images),
@@ -448,7 +498,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
         folders += ["labelsTs"] if roles["test"].labels else []
         for folder in folders:
             (out_dir / folder).mkdir()
-        jobs = make_jobs(roles, out_dir, allowed)
+        jobs = make_jobs(roles, out_dir, allowed, value_map)
         results = run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
         found: dict[int, list[Path]] = {}
         for job, (_, values) in zip(jobs, results):
@@ -470,7 +520,8 @@ def convert(args: argparse.Namespace, command: str) -> dict:
                     "test_labels": (str(Path(args.test_labels).absolute())
                                     if args.test_labels else None),
                     "channel_layout": layout, "label_values_found": sorted(found),
-                    "label_names": "given" if mapping is not None else "from the data"},
+                    "label_names": "given" if mapping is not None else "from the data",
+                    "label_map": {str(old): new for old, new in value_map}},
             converter=CONVERTER, converter_version=CONVERTER_VERSION, command=command,
             dataset_name=folder_name,
             description="Converted with nnUNetv2_ccesemi_convert_folder (imagesUnlabeled holds "

@@ -401,6 +401,33 @@ def test_labels_json_with_gap(single, tmp_path, capsys):
     assert str(path) in err and "label values [0, 2] are not 0, 1" in err
 
 
+def test_binary_masks_saved_as_0_255(single, tmp_path, capsys):
+    """The commonest mask export: the error is one readable line with the fix, and --label-map applies it."""
+    for label_path in [*single["labels"].iterdir(), *single["test_labels"].iterdir()]:
+        write(np.where(label_array() > 0, 255, 0).astype(np.uint8), label_path)
+    out = tmp_path / "raw"
+    assert convert(single, out) == 1
+    err = capsys.readouterr().err
+    assert "(missing: 1-254)" in err and "--label-map 255=1" in err and len(err) < 1000
+    assert convert(single, out, "--label-map", "255=1") == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset_dir(out) / "labelsTr" / "liver_01.nii.gz")))
+    np.testing.assert_array_equal(label, (label_array() > 0).astype(np.uint8))
+    meta = meta_of(out)
+    assert meta["labels"] == {"background": 0, "label1": 1}
+    assert meta["conversion"]["source"]["label_map"] == {"255": 1}
+
+
+def test_label_map_swaps_values_at_once_and_rejects_bad_pairs(single, tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert convert(single, out, "--label-map", "1=2", "2=1") == 0
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset_dir(out) / "labelsTr" / "liver_01.nii.gz")))
+    np.testing.assert_array_equal(label, np.choose(label_array(), [0, 2, 1]))
+    for bad, message in ((["255:1"], "OLD=NEW"), (["x=1"], "OLD=NEW"), (["3=1", "3=2"], "value 3 twice")):
+        assert convert(single, tmp_path / "bad", "--label-map", *bad) == 1
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_failed_run_leaves_existing_dataset(single, tmp_path, capsys):
     out = tmp_path / "raw"
     assert convert(single, out) == 0
