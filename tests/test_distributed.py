@@ -14,8 +14,8 @@ equal the single-process computation on the concatenated batch. Checked here for
   sequential step, finite gradients;
 * uneven shares: nnU-Net splits a global batch of 3 as 2 + 1 over two GPUs (the unlabelled stream
   follows the per-rank batch size), and a rank without unlabelled rows must not deadlock the others;
-* the trainer's ``_values_over_ranks`` (the per-epoch statistics in the log and the dead-term
-  warnings, which must see every rank's iterations).
+* the trainer's ``shared_seed`` (the logged seed repeats a DDP run) and ``_values_over_ranks`` (the
+  per-epoch statistics in the log and the dead-term warnings, which must see every rank's iterations).
 
 One spawned pair of processes runs every computation once (module-scoped fixture) and saves its
 results with ``torch.save``; the tests compare them with the single-process computation here.
@@ -219,12 +219,19 @@ def _values_over_ranks_section(rank: int) -> dict:
             for key, values in OVER_RANKS_VALUES.items() for mode in ("ddp", "local")}
 
 
+def _shared_seed_section(rank: int) -> dict:
+    from nnunet_ccesemi.training.dual_network_trainer import shared_seed
+
+    return {"seed": shared_seed(1000 + rank)}  # each rank's own draw (nnUNet_ccesemi_seed unset)
+
+
 # Run in this order; a crash (gloo aborts on a collective mismatch) only loses the sections after it.
 SECTIONS = {
     "quantile": _quantile_section,
     "class_quantiles": _class_quantile_section,
     "prototypes": _prototype_section,
     "values_over_ranks": _values_over_ranks_section,
+    "shared_seed": _shared_seed_section,
     **{f"objective/{split_name}": functools.partial(_objective_section, split_name=split_name)
        for split_name in OBJECTIVE_SPLITS},
 }
@@ -426,6 +433,10 @@ def test_sequential_step_reduces_like_the_joint_step(ranks, split_name):
         for key in (*THRESHOLD_KEYS, "num_prototypes", "contrast_a", "contrast_b"):
             torch.testing.assert_close(sequential[key], joint[key], rtol=1e-5, atol=1e-6, equal_nan=True,
                                        msg=f"{key} rank {rank}")
+
+
+def test_every_rank_takes_rank_0s_seed(ranks):
+    assert [results["seed"] for results in section(ranks, "shared_seed")] == [1000, 1000]
 
 
 def test_trainer_gathers_every_ranks_statistics(ranks):

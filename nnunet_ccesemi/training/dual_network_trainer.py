@@ -50,6 +50,7 @@ from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlab
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
 from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, last_decoder_stage,
                                    merge_sequential_stats)
+from nnunet_ccesemi.losses.distributed import distributed_active
 from nnunet_ccesemi.losses.regions import RegionLayout
 from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
@@ -77,6 +78,19 @@ def seed_from_environment() -> int:
         return int(value)
     except ValueError:
         raise ValueError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
+
+
+def shared_seed(seed: int) -> int:
+    """Rank 0's ``seed`` on every rank of an initialised process group (``seed`` itself without one).
+
+    Unset ``nnUNet_ccesemi_seed`` makes each rank draw its own seed; the log shows rank 0's, and
+    setting it must repeat the run, so every rank derives its streams from that one.
+    """
+    if not distributed_active():
+        return seed
+    shared = [seed]
+    dist.broadcast_object_list(shared, src=0)
+    return int(shared[0])
 
 
 def seed_everything(seed: int) -> None:
@@ -219,6 +233,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if self.is_cascaded:
             raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
                              f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
+        self.seed = shared_seed(self.seed)
         # each DDP rank its own stream of random patches, as nnU-Net's unseeded ranks have
         seed_everything(stream_seed(self.seed, self.local_rank, 0))
         super().initialize()
