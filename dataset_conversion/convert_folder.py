@@ -4,7 +4,9 @@ Input folders (3D images in any format SimpleITK reads: ``.nii.gz``, ``.nii``, `
 ``.nhdr``, ``.mha``, ``.mhd``, ``.gipl``, ``.gipl.gz``):
 
 * ``--images DIR --labels DIR``: the labelled cases. The labels name the cases:
-  ``<labels>/<case><label-suffix>.<ext>`` (``--label-suffix``, default none, e.g. ``_seg``).
+  ``<labels>/<case><label-suffix>.<ext>`` (``--label-suffix``, default none, e.g. ``_seg``). With a
+  label suffix both may be one folder (``case7.nii.gz`` beside ``case7_seg.nii.gz``); so may
+  ``--test-images`` and ``--test-labels``.
 * ``--unlabeled DIR`` (optional): unlabelled cases, written to ``imagesUnlabeled``.
 * ``--test-images DIR`` (optional) and ``--test-labels DIR`` (optional): test cases, written to
   ``imagesTs`` (and ``labelsTs``).
@@ -196,16 +198,50 @@ def check_same_naming(index: dict[str, Path], suffixes: Sequence[str], folder: P
                               f"give --channel-suffixes)")
 
 
-def index_labels(folder: Path, option: str, label_suffix: str) -> dict[str, Path]:
-    """``{case: label file}``; every label file must end in ``label_suffix``."""
+def _has_suffix(stem: str, suffix: str) -> bool:
+    return stem.endswith(suffix) and len(stem) > len(suffix)
+
+
+def _labels_by_case(index: dict[str, Path], label_suffix: str) -> dict[str, Path]:
     labels = {}
-    for stem, path in index_folder(folder, option).items():
-        if label_suffix and not (stem.endswith(label_suffix) and len(stem) > len(label_suffix)):
-            raise ConversionError(f"{path} does not end in the label suffix {label_suffix!r}")
+    for stem, path in index.items():
         case = stem[:len(stem) - len(label_suffix)] if label_suffix else stem
         check_case_id(case, path)
         labels[case] = path
     return labels
+
+
+def index_labels(folder: Path, option: str, label_suffix: str) -> dict[str, Path]:
+    """``{case: label file}``; every label file must end in ``label_suffix``."""
+    index = index_folder(folder, option)
+    for stem, path in index.items():
+        if label_suffix and not _has_suffix(stem, label_suffix):
+            raise ConversionError(f"{path} does not end in the label suffix {label_suffix!r}")
+    return _labels_by_case(index, label_suffix)
+
+
+def index_images_and_labels(images_dir: Path, labels_dir: Path, label_suffix: str, image_option: str,
+                            label_option: str) -> tuple[dict[str, Path], dict[str, Path]]:
+    """The image files by name without ending, and ``{case: label file}``.
+
+    The two folders may be one when ``label_suffix`` tells the labels apart (``case7.nii.gz`` beside
+    ``case7_seg.nii.gz``): files ending in it are labels, the others images.
+
+    Raises:
+        ConversionError: one folder for both without a label suffix, or see ``index_folder``.
+    """
+    if images_dir != labels_dir:
+        return index_folder(images_dir, image_option), index_labels(labels_dir, label_option, label_suffix)
+    if not label_suffix:
+        raise ConversionError(f"{image_option} and {label_option} both name {images_dir}: give --label-suffix "
+                              f"(e.g. _seg for case7_seg.nii.gz) so that labels can be told from images")
+    index = index_folder(images_dir, image_option)
+    images = {stem: path for stem, path in index.items() if not _has_suffix(stem, label_suffix)}
+    labels = {stem: path for stem, path in index.items() if _has_suffix(stem, label_suffix)}
+    if not images:
+        raise ConversionError(f"every file in {images_dir} ({image_option}) ends in the label suffix "
+                              f"{label_suffix!r}: no images")
+    return images, _labels_by_case(labels, label_suffix)
 
 
 def match_images_and_labels(images: dict[str, tuple[Path, ...]], labels: dict[str, Path],
@@ -224,15 +260,17 @@ def match_images_and_labels(images: dict[str, tuple[Path, ...]], labels: dict[st
 def collect_roles(args: argparse.Namespace) -> tuple[dict[str, Role], tuple[str, ...]]:
     """The labelled, unlabelled and test cases, and the channel suffixes."""
     images_dir, labels_dir = Path(args.images).absolute(), Path(args.labels).absolute()
-    image_index = index_folder(images_dir, "--images")
-    labels = index_labels(labels_dir, "--labels", args.label_suffix)
+    image_index, labels = index_images_and_labels(images_dir, labels_dir, args.label_suffix, "--images",
+                                                  "--labels")
     suffixes = (tuple(args.channel_suffixes) if args.channel_suffixes
                 else detect_suffixes(image_index, sorted(labels), images_dir))
     images = group_channels(image_index, suffixes, images_dir)
     match_images_and_labels(images, labels, images_dir, labels_dir)
     roles = {"labeled": Role(images, labels), "unlabeled": Role({}, {}), "test": Role({}, {})}
-    def other_images(option: str, folder: Path) -> dict[str, tuple[Path, ...]]:
-        index = index_folder(folder, option)
+
+    def other_images(option: str, folder: Path, index: dict[str, Path] | None = None
+                     ) -> dict[str, tuple[Path, ...]]:
+        index = index_folder(folder, option) if index is None else index
         if not args.channel_suffixes:
             check_same_naming(index, suffixes, folder, images_dir, sorted(images))
         return group_channels(index, suffixes, folder)
@@ -241,12 +279,14 @@ def collect_roles(args: argparse.Namespace) -> tuple[dict[str, Role], tuple[str,
         roles["unlabeled"] = Role(other_images("--unlabeled", Path(args.unlabeled).absolute()), {})
     if args.test_images:
         folder = Path(args.test_images).absolute()
-        test_images = other_images("--test-images", folder)
-        test_labels: dict[str, Path] = {}
         if args.test_labels:
             test_labels_dir = Path(args.test_labels).absolute()
-            test_labels = index_labels(test_labels_dir, "--test-labels", args.label_suffix)
+            index, test_labels = index_images_and_labels(folder, test_labels_dir, args.label_suffix,
+                                                         "--test-images", "--test-labels")
+            test_images = other_images("--test-images", folder, index)
             match_images_and_labels(test_images, test_labels, folder, test_labels_dir)
+        else:
+            test_images, test_labels = other_images("--test-images", folder), {}
         roles["test"] = Role(test_images, test_labels)
     elif args.test_labels:
         raise ConversionError("--test-labels needs --test-images")

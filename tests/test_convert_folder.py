@@ -401,6 +401,25 @@ def test_labels_json_with_gap(single, tmp_path, capsys):
     assert str(path) in err and "label values [0, 2] are not 0, 1" in err
 
 
+def test_images_and_labels_in_one_folder(single, tmp_path, capsys):
+    """case.nrrd beside case_seg.nii.gz, for the labelled and the test cases alike."""
+    for images, labels in (("images", "labels"), ("test_images", "test_labels")):
+        for label in list(single[labels].iterdir()):
+            label.rename(single[images] / label.name.replace(".nii.gz", "_seg.nii.gz"))
+        single[labels] = single[images]
+    out = tmp_path / "raw"
+    assert convert(single, out, "--label-suffix", "_seg") == 0
+    dataset = dataset_dir(out)
+    assert names(dataset / "imagesTr") == {f"{case}_0000.nii.gz" for case in SINGLE}
+    assert names(dataset / "labelsTr") == {f"{case}.nii.gz" for case in SINGLE}
+    assert names(dataset / "labelsTs") == {f"{case}.nii.gz" for case in TEST}
+    label = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset / "labelsTr" / "liver_02.nii.gz")))
+    np.testing.assert_array_equal(label, label_array())
+    capsys.readouterr()
+    assert convert(single, tmp_path / "raw2") == 1  # no suffix: labels cannot be told from images
+    assert "--label-suffix" in capsys.readouterr().err
+
+
 def test_binary_masks_saved_as_0_255(single, tmp_path, capsys):
     """The commonest mask export: the error is one readable line with the fix, and --label-map applies it."""
     for label_path in [*single["labels"].iterdir(), *single["test_labels"].iterdir()]:
