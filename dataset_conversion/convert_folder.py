@@ -397,6 +397,9 @@ def labels_from_values(found: dict[int, list[Path]]) -> dict[str, int]:
         ConversionError: a gap; names the values and the files holding the values above it.
     """
     values = sorted(found)
+    if values == [0]:
+        raise ConversionError(f"every label file holds only 0 (background), e.g. {name_files(found[0], 3)}: "
+                              f"nnU-Net needs at least one foreground class")
     expected = list(range(values[-1] + 1)) if values else [0]
     missing = sorted(set(expected) - set(values))
     if missing:

@@ -420,6 +420,14 @@ def test_images_and_labels_in_one_folder(single, tmp_path, capsys):
     assert "--label-suffix" in capsys.readouterr().err
 
 
+def test_labels_without_any_foreground_are_refused(single, tmp_path, capsys):
+    for label_path in [*single["labels"].iterdir(), *single["test_labels"].iterdir()]:
+        write(np.zeros(SHAPE_ZYX, np.uint8), label_path)
+    assert convert(single, tmp_path / "raw") == 1
+    assert "only 0 (background)" in capsys.readouterr().err
+    assert not (tmp_path / "raw" / "Dataset604_MyDataset").exists()
+
+
 def test_binary_masks_saved_as_0_255(single, tmp_path, capsys):
     """The commonest mask export: the error is one readable line with the fix, and --label-map applies it."""
     for label_path in [*single["labels"].iterdir(), *single["test_labels"].iterdir()]:
