@@ -14,7 +14,7 @@ import torch
 
 from nnunet_ccesemi import _discovery
 from nnunet_ccesemi.config import CCE_CONFIG, CPS_CONFIG, MethodConfig
-from nnunet_ccesemi.data.layout import UnlabeledDataError, find_unlabeled_cases
+from nnunet_ccesemi.data.layout import UnlabeledDataError, find_unlabeled_cases, source_changed, source_record
 from tests.conftest import REPO_ROOT
 
 
@@ -254,6 +254,28 @@ def test_one_natural_image_file_holds_every_channel(tmp_path):
     _touch(tmp_path / "imagesUnlabeled", "sea_0001.png")  # one file per channel must still be complete
     with pytest.raises(UnlabeledDataError, match=r"'sea' .* has channel files _0000, _0001; .* expects exactly"):
         find_unlabeled_cases(str(tmp_path), RGB_JSON)
+
+
+TIFF_JSON = {"channel_names": {"0": "EM"}, "file_ending": ".tif", "labels": {"background": 0}}
+
+
+def test_3d_tiff_spacing_files_belong_to_their_case(tmp_path):
+    """nnU-Net's Tiff3DIO reads cell_0000.tif's spacing from cell.json beside it: not a misnamed file,
+    and part of what the preprocessed case was made from."""
+    folder = tmp_path / "imagesUnlabeled"
+    _touch(folder, "cell_0000.tif", "cell.json", "dish_0000.tif")
+    (folder / "cell.json").write_text('{"spacing": [0.5, 0.1, 0.1]}')
+    cases = find_unlabeled_cases(str(tmp_path), TIFF_JSON)
+    assert {case: [os.path.basename(p) for p in files] for case, files in cases.items()} == \
+        {"cell": ["cell_0000.tif"], "dish": ["dish_0000.tif"]}
+    record = source_record(cases["cell"])
+    assert [entry["file"] for entry in record] == ["cell_0000.tif", "cell.json"]
+    assert source_changed(record, cases["cell"]) is None
+    (folder / "cell.json").write_text('{"spacing": [1.0, 0.1, 0.1]}')  # a new spacing: the case must be redone
+    assert source_changed(record, cases["cell"]) == f"{folder / 'cell.json'} changed since it was preprocessed"
+    _touch(folder, "orphan.json")  # no images of its own
+    with pytest.raises(UnlabeledDataError, match="not named <case>_<XXXX>.tif .*: orphan.json"):
+        find_unlabeled_cases(str(tmp_path), TIFF_JSON)
 
 
 def test_channel_count_after_reading_is_checked(tmp_path):

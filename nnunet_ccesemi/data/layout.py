@@ -29,6 +29,8 @@ PREPROCESS_COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled"
 
 
 _NATURAL_IMAGE_ENDINGS = (".png", ".bmp", ".tif")  # nnU-Net's NaturalImage2DIO.supported_file_endings
+# nnU-Net's Tiff3DIO reads a case's spacing from <case>.json beside <case>_0000.tif
+_SIDECAR_ENDINGS = (".tif", ".tiff")
 
 
 class UnlabeledDataError(RuntimeError):
@@ -100,7 +102,7 @@ def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str
 
     pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending))
     channels_by_case: dict[str, dict[int, str]] = {}
-    misnamed, subfolders = [], []
+    misnamed, subfolders, sidecars = [], [], []
     for name in sorted(os.listdir(folder)):
         if name.startswith("."):
             continue
@@ -109,9 +111,10 @@ def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str
             continue
         match = pattern.fullmatch(name)
         if match is None:
-            misnamed.append(name)
+            (sidecars if file_ending in _SIDECAR_ENDINGS and name.endswith(".json") else misnamed).append(name)
             continue
         channels_by_case.setdefault(match["case"], {})[int(match["channel"])] = join(folder, name)
+    misnamed += [name for name in sidecars if name[:-len(".json")] not in channels_by_case]  # no images
     if not channels_by_case and subfolders:  # e.g. a dataset's root instead of its image folder
         raise UnlabeledDataError(
             f"No {role} images: {folder} holds folders ({', '.join(subfolders[:5])}) but no {pattern_help} "
@@ -177,16 +180,25 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def raw_files(image_files: list[str]) -> list[str]:
+    """A case's channel files and the spacing file nnU-Net's 3D TIFF reader takes from beside them."""
+    first = image_files[0]
+    ending = next((e for e in _SIDECAR_ENDINGS if first.endswith(e)), None)
+    sidecar = first[:-len(ending) - len("_0000")] + ".json" if ending else None
+    return image_files + [sidecar] if sidecar and isfile(sidecar) else image_files
+
+
 def source_record(image_files: list[str]) -> list[dict]:
-    """What a preprocessed case was made from: per raw file its name, size and SHA-256."""
+    """What a preprocessed case was made from: per raw file (:func:`raw_files`) its name, size and SHA-256."""
     return [{"file": basename(path), "size": os.path.getsize(path), "sha256": file_sha256(path)}
-            for path in image_files]
+            for path in raw_files(image_files)]
 
 
 def source_changed(record: list[dict] | None, image_files: list[str]) -> str | None:
     """Why the raw files no longer match ``record`` (a sentence), or None when they do."""
     if not record:
         return "no record of its raw files (made by an older version of the plugin)"
+    image_files = raw_files(image_files)
     names = [basename(path) for path in image_files]
     if [entry["file"] for entry in record] != names:
         return f"its raw files are now {names}, it was made from {[entry['file'] for entry in record]}"
