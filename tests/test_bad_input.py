@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from nnunet_ccesemi.data.layout import UnlabeledDataError, check_preprocessed_unlabeled, manifest_path
 from nnunet_ccesemi.data.preprocess import check_dimensionality
@@ -67,7 +69,9 @@ def test_corrupt_unlabelled_image_is_named(tmp_path):
     corrupt = tmp_path / "unl_0000.nii.gz"
     corrupt.write_bytes(b"this is not a NIfTI file")
     with pytest.raises(UnlabeledDataError, match="Cannot read the image header of .*unl_0000.nii.gz"):
-        check_dimensionality({"unl": [str(corrupt)]}, str(reference))
+        check_dimensionality({"unl": [str(corrupt)]}, str(reference), SimpleITKIO)
+    # plans that read with nibabel (NIfTI files ITK refuses, e.g. sheared affines): nnU-Net's reader decides
+    check_dimensionality({"unl": [str(corrupt)]}, str(reference), NibabelIO)
 
 
 def test_seed_variable_must_be_an_integer(monkeypatch):

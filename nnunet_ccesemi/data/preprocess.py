@@ -39,8 +39,18 @@ def _spatial_dimension(image_file: str) -> int | None:
     return reader.GetDimension()
 
 
-def check_dimensionality(unlabeled_cases: dict[str, list[str]], reference_image: str) -> None:
-    """Raise when an unlabelled image has another number of spatial axes than a labelled image."""
+def check_dimensionality(unlabeled_cases: dict[str, list[str]], reference_image: str,
+                         reader_class: type | None = None) -> None:
+    """Raise when an unlabelled image has another number of spatial axes than a labelled image.
+
+    The headers are read with SimpleITK, so the check only runs where the plans read images with it
+    (``reader_class`` a ``SimpleITKIO``, or not given): a dataset planned with ``NibabelIO`` for files ITK
+    refuses (sheared affines), or with the TIFF reader, is left to that reader, whose errors name the case.
+    """
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    if reader_class is not None and not issubclass(reader_class, SimpleITKIO):
+        return
     expected = _spatial_dimension(reference_image)
     if expected is None:
         return
@@ -149,7 +159,7 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
         raise UnlabeledDataError(f"No labelled cases in {join(raw_folder, 'imagesTr')}: the unlabelled images are "
                                  f"preprocessed with the plans of the labelled ones.")
     cases = find_unlabeled_cases(raw_folder, dataset_json, labeled_identifiers=list(labeled))
-    check_dimensionality(cases, next(iter(labeled.values()))["images"][0])
+    check_dimensionality(cases, next(iter(labeled.values()))["images"][0], plans_manager.image_reader_writer_class)
     checked: set[str] = set()
 
     written = {}
