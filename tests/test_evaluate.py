@@ -498,6 +498,23 @@ def test_cli_regions_largest_component_of_the_region_mask(region_folders, tmp_pa
         assert case_0["(2, 3)"][name] == pytest.approx(value, abs=TOLERANCE), name
 
 
+def test_cli_file_ending_from_dataset_json(tmp_path, capsys):
+    """A .nrrd dataset: the dataset.json that names the labels also gives the files' ending."""
+    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
+    reference_folder.mkdir()
+    prediction_folder.mkdir()
+    reference = np.zeros((4, 8, 8), np.uint8)
+    reference[1:3, 2:6, 2:6] = 1
+    write(reference_folder / "case1.nrrd", reference)
+    write(prediction_folder / "case1.nrrd", reference)
+    dataset_json = write_dataset_json(tmp_path / "dataset.json", {"background": 0, "organ": 1}, file_ending=".nrrd")
+    output = tmp_path / "summary.json"
+    run_main(["-ref", reference_folder, "-pred", prediction_folder, "--dataset-json", dataset_json, "-o", output],
+             capsys)
+    summary = json.loads(output.read_text())
+    assert summary["mean"]["1"]["Dice"] == 1.0 and len(summary["metric_per_case"]) == 1
+
+
 def test_cli_region_names_from_dataset_json(region_folders, tmp_path, capsys):
     reference_folder, prediction_folder, _ = region_folders
     dataset_json = region_dataset_json(tmp_path)

@@ -56,7 +56,8 @@ def main(argv=None) -> None:
     parser.add_argument("--empty-convention", choices=EMPTY_CONVENTIONS, default="nan",
                         help="distances when the prediction or reference is empty: nan (default; excluded from "
                              "the means and counted) or zero (the papers' scripts)")
-    parser.add_argument("--file-ending", default=".nii.gz", help="file ending of the cases (default .nii.gz)")
+    parser.add_argument("--file-ending", default=None,
+                        help="file ending of the cases (default: --dataset-json's file_ending, else .nii.gz)")
     parser.add_argument("--missing-as-empty", action="store_true",
                         help="score a reference without prediction as an empty prediction instead of failing")
     parser.add_argument("-o", default=None,

@@ -166,6 +166,8 @@ class DatasetLabels:
     ignore_label: Optional[int]
     defaults: tuple[LabelOrRegion, ...]
     """``LabelManager.foreground_regions`` if the dataset has regions, else ``foreground_labels``."""
+    file_ending: Optional[str] = None
+    """The dataset's ``file_ending`` (None where the file has none)."""
 
 
 def load_dataset_labels(path: str | os.PathLike) -> DatasetLabels:
@@ -208,7 +210,8 @@ def load_dataset_labels(path: str | os.PathLike) -> DatasetLabels:
         path=path, names=names, all_labels=tuple(int(v) for v in manager.all_labels),
         ignore_label=None if manager.ignore_label is None else int(manager.ignore_label),
         defaults=tuple(_label_or_region([int(v) for v in (d if isinstance(d, (tuple, list)) else [d])],
-                                        f"{where}: the foreground region {d}") for d in defaults))
+                                        f"{where}: the foreground region {d}") for d in defaults),
+        file_ending=content["file_ending"] if isinstance(content.get("file_ending"), str) else None)
 
 
 def resolve_labels(labels: Optional[Sequence[Union[LabelOrRegion, str, list]]],
@@ -408,7 +411,7 @@ def present_labels(segmentation: np.ndarray) -> list[int]:
 def evaluate_folders(reference_folder: str, prediction_folder: str, *,
                      labels: Optional[Sequence[Union[LabelOrRegion, str, list]]] = None,
                      dataset_json: Optional[str | os.PathLike] = None, units: str = "voxel", lcc: bool = False,
-                     empty_convention: str = "nan", file_ending: str = ".nii.gz", missing_as_empty: bool = False,
+                     empty_convention: str = "nan", file_ending: Optional[str] = None, missing_as_empty: bool = False,
                      num_processes: int = 1, command: Optional[str] = None) -> dict:
     """Scores every reference case against its prediction; returns the summary (NaN where undefined).
 
@@ -416,7 +419,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
     ``dataset_json``). They default to the foreground regions or labels of ``dataset_json`` if given,
     else to every foreground value found in the references; a label absent from both the reference
     and the prediction of a case scores as two empty masks there (Dice 1), and one absent from every case
-    is listed under ``absent_labels``. ``command`` is recorded as given
+    is listed under ``absent_labels``. ``file_ending`` defaults to ``dataset_json``'s, else ``.nii.gz``.
+    ``command`` is recorded as given
     (the command line that asked for the evaluation).
 
     Raises:
@@ -432,6 +436,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
         raise ValueError(f"empty_convention must be one of {EMPTY_CONVENTIONS}, got {empty_convention!r}")
     dataset = load_dataset_labels(dataset_json) if dataset_json is not None else None
     labels, names = resolve_labels(labels, dataset)
+    file_ending = file_ending or (dataset.file_ending if dataset is not None else None) or ".nii.gz"
     pairs, unmatched = match_cases(reference_folder, prediction_folder, file_ending=file_ending,
                                    missing_as_empty=missing_as_empty)
     score = functools.partial(evaluate_case, labels=labels, units=units, lcc=lcc, empty_convention=empty_convention)
