@@ -6,6 +6,7 @@ variable at interpreter start, so ``nnUNetv2_train ... -tr nnUNetTrainerCPS`` wo
 ``pip install .`` or ``pip install -e .`` with nothing to export. ``build_py`` puts the file in regular
 wheels; the ``editable_wheel`` hook puts it in editable ones.
 """
+import shutil
 from pathlib import Path
 
 from setuptools import setup
@@ -30,6 +31,9 @@ def read_version() -> str:
 
 class BuildPyWithPth(build_py):
     def run(self):
+        # setuptools never cleans build/lib: a module renamed or removed since the last build would ship
+        # again, and nnU-Net imports every module of _nnunet_ext when it looks for a trainer
+        shutil.rmtree(Path(self.build_lib) / "nnunet_ccesemi", ignore_errors=True)
         super().run()
         target = Path(self.build_lib) / PTH_NAME
         target.write_text(PTH_LINE)

@@ -43,6 +43,10 @@ def test_new_interpreter_finds_trainers_without_any_variable():
 
 def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
     """``pip install .`` path: the wheel carries the .pth hook, and trainers/ only inside the package."""
+    # a module left in the in-tree build folder by an earlier build (since renamed) must not ship again
+    stale = REPO_ROOT / "build" / "lib" / "nnunet_ccesemi" / "_nnunet_ext" / "stale_module.py"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_text("raise RuntimeError('a module removed from the source')\n")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w",
                     str(tmp_path), str(REPO_ROOT)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("nnunet_ccesemi-*.whl"))
@@ -52,6 +56,7 @@ def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
     assert "nnunet_ccesemi/dataset_conversion/convert_LA.py" in names
     assert "nnunet_ccesemi/_nnunet_ext/nnunet_ccesemi_trainers.py" in names
     assert not any(n.startswith(("trainers/", "dataset_conversion/", "tests/")) for n in names)
+    assert "nnunet_ccesemi/_nnunet_ext/stale_module.py" not in names and not stale.exists()
 
 
 # ---------------------------------------------------------------- configuration
