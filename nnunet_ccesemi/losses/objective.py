@@ -318,7 +318,8 @@ class DualNetworkObjective(nn.Module):
         and the joint pseudo-labels of term 3; records agreement, thresholds and reliable fractions."""
         config = self.config
         logits_unlabeled = {net: logits[net][n_labeled:].detach() for net in NETWORKS}
-        own_labels = {net: self._hard_labels(logits_unlabeled[net]) for net in NETWORKS}
+        decided = {net: class_argmax(logits_unlabeled[net]) for net in NETWORKS}  # per channel, before nesting
+        own_labels = {net: decided[net] if self.regions is None else self._nested(decided[net]) for net in NETWORKS}
         stats["agreement"] = (own_labels["a"] == own_labels["b"]).float().mean()
         if not needs_targets:
             return None
@@ -328,7 +329,7 @@ class DualNetworkObjective(nn.Module):
             # outside: the exported label puts the voxel in the core). A low entropy then vouches for the
             # opposite of the label, so such a voxel counts as least confident for that network.
             for net in NETWORKS:
-                overruled = own_labels[net] != class_argmax(logits_unlabeled[net])
+                overruled = own_labels[net] != decided[net]
                 entropy[net] = entropy[net].masked_fill(overruled, float("inf"))
         if not config.filter_entropy:
             reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
