@@ -2,8 +2,9 @@
 
 Source: the MICCAI BraTS 2019 training data as distributed,
 ``<root>/{HGG,LGG}/<ID>/<ID>_{t1,t1ce,t2,flair,seg}.nii[.gz]`` (``<root>`` is ``-i`` or
-``-i/MICCAI_BraTS_2019_Data_Training``). All four modalities must exist for every converted case
-(a missing one is an error naming the file); ``seg`` is read for labelled, validation and test
+``-i/MICCAI_BraTS_2019_Data_Training``). The modalities that ``--channels`` converts must exist for
+every converted case (a missing one is an error naming the file; the others are not read, so a
+FLAIR-only copy converts with the default); ``seg`` is read for labelled, validation and test
 cases, and its values must be 0, 1 (necrosis / non-enhancing core), 2 (edema) and 4 (enhancing).
 Images are written as stored (same voxels, spacing, origin and direction).
 
@@ -29,7 +30,14 @@ data) go by ``--val``:
 * ``test``: added to the test set (imagesTs/labelsTs; 85 test cases).
 * ``skip``: not converted.
 
-Either way dataset.json lists them under ``ssl_split.validation``. With ``--train-list`` or
+Either way dataset.json lists them under ``ssl_split.validation``.
+
+More unlabelled data (``--extra-unlabeled DIR``, repeatable): every case folder
+``DIR/<ID>/<ID>_<modality>.nii[.gz]`` (or ``DIR/MICCAI_BraTS_2019_Data_Validation/<ID>/...``) joins
+imagesUnlabeled. This is meant for the BraTS 2019 validation release (125 cases without ``seg``),
+which semi-supervised training can use although it has no labels. Its IDs must not be cases of the
+training data; they are listed in ``ssl_split.unlabeled`` after the train list's unlabelled cases
+and counted in ``ssl_split.extra_unlabeled``. With ``--train-list`` or
 ``--test-list`` there is no validation set unless ``--val-list`` gives one (the shipped one
 belongs to the shipped split).
 
@@ -67,6 +75,8 @@ DEFAULT_LABELED = 25
 TRAIN_LIST, VAL_LIST, TEST_LIST = ("brats19_ssl4mis_train.list", "brats19_ssl4mis_val.list",
                                    "brats19_ssl4mis_test.list")
 ROOT_CANDIDATES = ("", "MICCAI_BraTS_2019_Data_Training")
+EXTRA_ROOT_CANDIDATES = ("MICCAI_BraTS_2019_Data_Validation", "")  # the release's folder first
+EXTRA_GRADE = "extra unlabelled"
 GRADES = ("HGG", "LGG")
 ENDINGS = (".nii.gz", ".nii")
 MODALITIES = ("t1", "t1ce", "t2", "flair")
@@ -133,6 +143,40 @@ def find_cases(root: Path) -> tuple[Path, dict[str, tuple[str, Path]]]:
     return data_root, cases
 
 
+def find_extra_cases(roots: Sequence[Path], training_cases: dict[str, tuple[str, Path]]
+                     ) -> dict[str, tuple[str, Path]]:
+    """The case folders of ``--extra-unlabeled`` folders by ID: ``{ID: (EXTRA_GRADE, folder)}``.
+
+    Raises:
+        ConversionError: a folder that does not exist or holds no case folder, or an ID that is
+            also a case of the training data or of another extra folder.
+    """
+    extra: dict[str, tuple[str, Path]] = {}
+    for root in roots:
+        if not root.is_dir():
+            raise ConversionError(f"the --extra-unlabeled folder {root} does not exist")
+        for name in EXTRA_ROOT_CANDIDATES:
+            data_root = root / name if name else root
+            folders = sorted(p for p in data_root.iterdir() if p.is_dir()) if data_root.is_dir() else []
+            if folders:
+                break
+        else:
+            raise ConversionError(f"no case folders in the --extra-unlabeled folder {root}: expected "
+                                  f"<ID>/<ID>_<modality>.nii.gz in it or in "
+                                  f"{root / EXTRA_ROOT_CANDIDATES[0]}")
+        if {f.name for f in folders} & set(GRADES):
+            raise ConversionError(f"the --extra-unlabeled folder {data_root} holds HGG/LGG "
+                                  f"folders: that is the training data (-i), not extra unlabelled "
+                                  f"cases")
+        for folder in folders:
+            earlier = training_cases.get(folder.name) or extra.get(folder.name)
+            if earlier is not None:
+                raise ConversionError(f"the extra unlabelled case {folder} is also a case of the "
+                                      f"training data or of another extra folder: {earlier[1]}")
+            extra[folder.name] = (EXTRA_GRADE, folder)
+    return extra
+
+
 def modality_file(case_dir: Path, case_id: str, modality: str) -> Path | None:
     """``<ID>_<modality>.nii.gz`` or ``.nii``, whichever exists (None if neither)."""
     for ending in ENDINGS:
@@ -147,8 +191,9 @@ def _expected(case_dir: Path, case_id: str, modality: str) -> str:
 
 
 def check_case_files(cases: dict[str, tuple[str, Path]], with_seg: Sequence[str],
-                     without_seg: Sequence[str]) -> None:
-    """All four modalities of every case, ``seg`` of the labelled, validation and test cases.
+                     without_seg: Sequence[str], modalities: Sequence[str] = MODALITIES) -> None:
+    """The converted ``modalities`` of every case, ``seg`` of the labelled, validation and test
+    cases.
 
     Raises:
         ConversionError: listed cases absent from the input (all named) or missing files (the
@@ -160,7 +205,7 @@ def check_case_files(cases: dict[str, tuple[str, Path]], with_seg: Sequence[str]
                               f"folders of the input: {', '.join(absent)}")
     missing = []
     for case_id in list(with_seg) + list(without_seg):
-        needed = MODALITIES + (("seg",) if case_id in with_seg else ())
+        needed = tuple(modalities) + (("seg",) if case_id in with_seg else ())
         case_dir = cases[case_id][1]
         missing += [_expected(case_dir, case_id, m) for m in needed
                     if modality_file(case_dir, case_id, m) is None]
@@ -302,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(added to imagesTs) or skip")
     parser.add_argument("--val-list", default=None,
                         help="case-ID list replacing the shipped validation list")
+    parser.add_argument("--extra-unlabeled", action="append", default=[], metavar="DIR",
+                        help="folder of <ID>/<ID>_<modality>.nii.gz case folders without labels "
+                             "(e.g. MICCAI_BraTS_2019_Data_Validation) added to imagesUnlabeled; "
+                             "repeatable")
     add_output_arguments(parser, default_name="BraTS2019")
     add_split_arguments(parser, default_labeled=DEFAULT_LABELED)
     return parser
@@ -312,15 +361,23 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     root = Path(args.input).absolute()
     data_root, cases = find_cases(root)
     split, validation, split_info = build_split(args)
+    extra_roots = [Path(p).absolute() for p in args.extra_unlabeled]
+    extra = find_extra_cases(extra_roots, cases)
+    if extra:
+        cases = {**cases, **extra}
+        split = dataclasses.replace(split, unlabeled=split.unlabeled + tuple(extra))
+        split_info["extra_unlabeled"] = {"folders": [str(p) for p in extra_roots],
+                                         "cases": len(extra)}
+    channels = CHANNELS[args.channels]
     check_case_files(cases, with_seg=split.labeled + split.test + tuple(validation),
-                     without_seg=split.unlabeled)
+                     without_seg=split.unlabeled, modalities=channels)
     output_root = resolve_output_root(args.output_root)
     folder_name = dataset_folder_name(args.dataset_id, args.name)
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
-    channels = CHANNELS[args.channels]
     converted = split.labeled + split.unlabeled + split.test + tuple(validation)
-    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[root]) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite,
+                            sources=[root, *extra_roots]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs", "labelsTs"] if split.test else []
         folders += ["imagesVal", "labelsVal"] if validation else []
@@ -336,7 +393,8 @@ def convert(args: argparse.Namespace, command: str) -> dict:
             split_info=split_info,
             source={"dataset": "BraTS 2019 training set", "root": str(root),
                     "data_root": str(data_root), "channels": list(channels), "task": args.task,
-                    "grades": {g: sum(cases[i][0] == g for i in converted) for g in GRADES}},
+                    "grades": {g: sum(cases[i][0] == g for i in converted) for g in GRADES},
+                    "extra_unlabeled": len(extra)},
             converter=CONVERTER, converter_version=CONVERTER_VERSION, command=command,
             dataset_name=folder_name, reference=REFERENCE,
             licence="BraTS 2019: see the challenge's data use terms",

@@ -264,7 +264,7 @@ def test_shipped_lists():
 # Errors name the file; failed runs leave an existing dataset alone
 # --------------------------------------------------------------------------------------------
 def _missing_modality(root: Path) -> tuple[Path, str]:
-    path = case_file(root, TRAIN[3], "t2")  # an unlabelled case; t2 is not even converted
+    path = case_file(root, TRAIN[3], "flair")  # an unlabelled case
     path.unlink()
     return path.with_suffix(""), "missing modality"
 
@@ -356,6 +356,90 @@ def test_channel_grid_mismatch_with_all_channels(copy, lists, tmp_path, capsys):
     assert f"origin mismatch: the image {path} has (5.0, 5.0, 5.0), its first channel " \
            f"{case_file(copy, TRAIN[0], 't1')} has" in err
     assert convert(copy, tmp_path / "raw", lists) == 0  # FLAIR only: t2 is not read
+
+
+def test_only_the_converted_modalities_are_required(copy, lists, tmp_path, capsys):
+    for case_id in CASES:
+        case_file(copy, case_id, "t2").unlink()
+    assert convert(copy, tmp_path / "flair", lists) == 0        # a FLAIR-only copy is enough
+    assert convert(copy, tmp_path / "all", lists, "--channels", "all") == 1
+    assert str(case_file(copy, TRAIN[0], "t2").with_suffix("")) in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------
+# The validation release (no seg) as extra unlabelled cases
+# --------------------------------------------------------------------------------------------
+EXTRA = ["BraTS19_CBICA_AAM_1", "BraTS19_TCIA10_195_1"]
+
+
+def write_validation_release(folder: Path, ids: list[str] = EXTRA) -> Path:
+    """``MICCAI_BraTS_2019_Data_Validation/<ID>/<ID>_<modality>.nii.gz`` without ``seg``."""
+    release = folder / "MICCAI_BraTS_2019_Data_Validation"
+    for index, case_id in enumerate(ids, start=50):
+        (release / case_id).mkdir(parents=True)
+        for modality in MODALITIES:
+            sitk.WriteImage(to_image(modality_array(index, modality)),
+                            str(release / case_id / f"{case_id}_{modality}.nii.gz"))
+    (release / "name_mapping_validation_data.csv").write_text("BraTS_2019_subject_ID\n")
+    return release
+
+
+def test_validation_release_joins_the_unlabelled_cases(source, lists, tmp_path):
+    write_validation_release(tmp_path / "val_release")
+    out = tmp_path / "raw"
+    assert convert(source, out, lists, "--extra-unlabeled", str(tmp_path / "val_release")) == 0
+    dataset = dataset_dir(out)
+    assert names(dataset / "imagesUnlabeled") == {f"{i}_0000.nii.gz" for i in TRAIN[2:] + EXTRA}
+    np.testing.assert_array_equal(
+        array_of(dataset / "imagesUnlabeled" / f"{EXTRA[1]}_0000.nii.gz"),
+        modality_array(51, "flair"))
+    assert names(dataset / "imagesTr") == {f"{i}_0000.nii.gz" for i in TRAIN[:2]}
+    meta = meta_of(out)
+    assert meta["numUnlabeled"] == 4 and meta["numTraining"] == 2
+    assert meta["ssl_split"]["unlabeled"] == TRAIN[2:] + EXTRA
+    assert meta["ssl_split"]["extra_unlabeled"] == {
+        "folders": [str(tmp_path / "val_release")], "cases": 2}
+    assert meta["conversion"]["source"]["grades"] == {"HGG": 5, "LGG": 2}
+    # the release folder itself works as well as its parent
+    out = tmp_path / "raw2"
+    release = tmp_path / "val_release" / "MICCAI_BraTS_2019_Data_Validation"
+    assert convert(source, out, lists, "--extra-unlabeled", str(release)) == 0
+    assert meta_of(out)["ssl_split"]["unlabeled"] == TRAIN[2:] + EXTRA
+
+
+def _extra_case_of_the_training_data(tmp_path: Path) -> tuple[Path, str]:
+    release = write_validation_release(tmp_path / "val_release", [EXTRA[0], TRAIN[0]])
+    return release / TRAIN[0], "is also a case of the training data"
+
+
+def _extra_case_missing_flair(tmp_path: Path) -> tuple[Path, str]:
+    release = write_validation_release(tmp_path / "val_release")
+    path = release / EXTRA[1] / f"{EXTRA[1]}_flair.nii.gz"
+    path.unlink()
+    return path, "missing modality"
+
+
+def _extra_folder_is_the_training_data(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "val_release" / "HGG" / "x").mkdir(parents=True)
+    return tmp_path / "val_release", "holds HGG/LGG folders"
+
+
+def _extra_folder_without_cases(tmp_path: Path) -> tuple[Path, str]:
+    (tmp_path / "val_release").mkdir()
+    return tmp_path / "val_release", "no case folders in the --extra-unlabeled folder"
+
+
+@pytest.mark.parametrize("break_extra", [_extra_case_of_the_training_data,
+                                         _extra_case_missing_flair,
+                                         _extra_folder_is_the_training_data,
+                                         _extra_folder_without_cases])
+def test_bad_extra_unlabeled_folder_is_refused(source, lists, tmp_path, capsys, break_extra):
+    path, message = break_extra(tmp_path)
+    out = tmp_path / "raw"
+    assert convert(source, out, lists, "--extra-unlabeled", str(tmp_path / "val_release")) == 1
+    err = capsys.readouterr().err
+    assert str(path).removesuffix(".gz") in err and message in err
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_no_brats_folders(tmp_path, lists, capsys):
