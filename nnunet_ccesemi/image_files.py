@@ -27,6 +27,7 @@ from typing import BinaryIO, Callable, Iterator, Optional, Union
 
 CHUNK = 1 << 20
 GZIP_MAGIC = b"\x1f\x8b"
+BZIP2_MAGIC = b"BZh"
 # what a format's check finds: nothing wrong (None), a sentence, or (detached data file, sentence)
 Problem = Optional[Union[str, tuple[Path, str]]]
 
@@ -89,24 +90,28 @@ def _chunks(handle: BinaryIO) -> Iterator[bytes]:
         yield chunk
 
 
-def _inflated_size(chunks: Iterator[bytes], make_decompressor: Callable, kind: str) -> int:
-    """Decompressed length of one or more concatenated streams; raises StreamEndsEarly if one is cut."""
-    total, decompressor, started = 0, make_decompressor(), False
+def _inflated_size(chunks: Iterator[bytes], make_decompressor: Callable, kind: str, magic: bytes) -> int:
+    """Decompressed length of one or more concatenated streams (each starting with ``magic``);
+    raises StreamEndsEarly if one is cut."""
+    total, decompressor, started, carry = 0, make_decompressor(), False, b""
     for chunk in chunks:
+        chunk, carry = carry + chunk, b""
         while chunk:
+            if decompressor.eof:
+                # gzip and pbzip2 write several streams back to back; other trailing bytes are
+                # ignored, as gzip does
+                if len(chunk) < len(magic) and magic.startswith(chunk):
+                    carry = chunk  # the next stream's magic may go on in the next chunk
+                    break
+                if not chunk.startswith(magic):
+                    return total
+                decompressor = make_decompressor()
             try:
                 total += len(decompressor.decompress(chunk))
-            except (zlib.error, OSError) as error:
+            except (zlib.error, OSError, EOFError) as error:
                 raise StreamEndsEarly(f"the {kind} stream is corrupt ({error})") from error
             started = True
-            if not decompressor.eof:
-                break
-            # gzip allows several members back to back; other trailing bytes are ignored, as gzip does
-            chunk = decompressor.unused_data
-            if chunk.startswith(GZIP_MAGIC):
-                decompressor, started = make_decompressor(), False
-            else:
-                chunk = b""
+            chunk = decompressor.unused_data if decompressor.eof else b""
     if started and not decompressor.eof:
         raise StreamEndsEarly(f"the {kind} stream ends early, after {total} uncompressed bytes")
     return total
@@ -123,8 +128,9 @@ def _data_size(path: Path, offset: int, encoding: str) -> int:
     with open(path, "rb") as handle:
         handle.seek(offset)
         if encoding == "bzip2":
-            return _inflated_size(_chunks(handle), bz2.BZ2Decompressor, "bzip2")
-        return _inflated_size(_chunks(handle), _gzip_or_zlib, "gzip" if encoding == "gzip" else "zlib")
+            return _inflated_size(_chunks(handle), bz2.BZ2Decompressor, "bzip2", BZIP2_MAGIC)
+        return _inflated_size(_chunks(handle), _gzip_or_zlib, "gzip" if encoding == "gzip" else "zlib",
+                              GZIP_MAGIC)
 
 
 def _about(data_file: Path, header_file: Path, problem: Optional[str]) -> Problem:
@@ -241,29 +247,31 @@ _NRRD_ENCODINGS = {"raw": "raw", "gzip": "gzip", "gz": "gzip", "bzip2": "bzip2",
 _META_TYPE_SIZE = {"MET_CHAR": 1, "MET_UCHAR": 1, "MET_SHORT": 2, "MET_USHORT": 2, "MET_INT": 4, "MET_UINT": 4,
                    "MET_LONG": 4, "MET_ULONG": 4, "MET_LONG_LONG": 8, "MET_ULONG_LONG": 8, "MET_FLOAT": 4,
                    "MET_DOUBLE": 8}
-_MAX_HEADER = 1 << 16
+_MAX_HEADER = 1 << 26  # a header longer than this is not checked (DWI NRRDs can exceed 64 KiB)
 
 
 def _header_lines(path: Path, last_line: Callable[[str], bool]) -> tuple[list[str], int]:
-    """The text lines of a header up to the line where ``last_line`` holds, and the byte offset after it."""
+    """The text lines of a header up to the line where ``last_line`` holds, and the byte offset after
+    it: -1 if the file ends first, -2 if the header goes on past ``_MAX_HEADER`` bytes."""
+    lines, offset, pending = [], 0, b""
     with open(path, "rb") as handle:
-        head = handle.read(_MAX_HEADER)
-    lines, position = [], 0
-    while position < len(head):
-        end = head.find(b"\n", position)
-        if end < 0:
-            break
-        line = head[position:end].decode("latin-1").rstrip("\r")
-        position = end + 1
-        lines.append(line)
-        if last_line(line):
-            return lines, position
+        while chunk := handle.read(CHUNK):
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            for raw_line in complete:
+                offset += len(raw_line) + 1
+                line = raw_line.decode("latin-1").rstrip("\r")
+                lines.append(line)
+                if last_line(line):
+                    return lines, offset
+            if offset + len(pending) > _MAX_HEADER:
+                return lines, -2
     return lines, -1
 
 
 def _check_nrrd(path: Path) -> Problem:
     lines, data_offset = _header_lines(path, lambda line: line == "")
-    if not lines or not lines[0].startswith("NRRD"):
+    if not lines or not lines[0].startswith("NRRD") or data_offset == -2:
         return None
     fields = {}
     for line in lines[1:]:
@@ -307,6 +315,8 @@ def _check_nrrd(path: Path) -> Problem:
 
 def _check_metaimage(path: Path) -> Problem:
     lines, data_offset = _header_lines(path, lambda line: line.replace(" ", "").lower().startswith("elementdatafile="))
+    if data_offset == -2:
+        return None
     fields = {}
     for line in lines:
         if "=" in line:

@@ -1,15 +1,17 @@
 """Truncated image files are refused before ITK reads their missing part as zeros (nnunet_ccesemi.image_files)."""
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
 import os
+import zlib
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from nnunet_ccesemi.image_files import ImageFileError, check_image_file, read_image
+from nnunet_ccesemi.image_files import ImageFileError, _inflated_size, check_image_file, read_image
 
 # (file name, compressed, detached data file written by ITK or None)
 FORMATS = [
@@ -107,6 +109,49 @@ def test_concatenated_gzip_members_are_one_file(tmp_path):
     half.write_bytes(gzip.compress(raw[:1000]) + gzip.compress(raw[1000:5000]))
     with pytest.raises(ImageFileError, match="only 4648 bytes"):  # 5000 minus the 352-byte header
         check_image_file(half)
+
+
+def test_concatenated_bzip2_streams_are_one_file(tmp_path):
+    """pbzip2 and lbzip2 write several bzip2 streams back to back; all count as data, and a cut
+    last stream is refused (ITK's NrrdIO cannot read bzip2 data, but pynrrd can, and the check
+    must neither accuse nor crash on such a file)."""
+    path = _write(tmp_path, "case.nrrd", False)
+    raw = path.read_bytes()
+    header_end = raw.index(b"\n\n") + 2
+    header, data = raw[:header_end].replace(b"encoding: raw", b"encoding: bzip2"), raw[header_end:]
+    streams = bz2.compress(data[:1000]) + bz2.compress(data[1000:])
+    joined = tmp_path / "joined.nrrd"
+    joined.write_bytes(header + streams)
+    check_image_file(joined)
+    joined.write_bytes(header + streams[:-100])
+    with pytest.raises(ImageFileError, match="bzip2 stream ends early"):
+        check_image_file(joined)
+
+
+@pytest.mark.parametrize("split", [1, 2, 3, 4], ids=lambda n: f"{n}-bytes-of-the-magic-first")
+@pytest.mark.parametrize("kind, compress, make_decompressor, magic", [
+    ("bzip2", bz2.compress, bz2.BZ2Decompressor, b"BZh"),
+    ("gzip", gzip.compress, lambda: zlib.decompressobj(32 + zlib.MAX_WBITS), b"\x1f\x8b"),
+], ids=["bzip2", "gzip"])
+def test_a_stream_may_begin_across_a_read_chunk_boundary(kind, compress, make_decompressor, magic, split):
+    first, second = compress(b"a" * 500), compress(b"b" * 700)
+    chunks = [first + second[:split], second[split:]]  # the read boundary falls inside the magic
+    assert _inflated_size(iter(chunks), make_decompressor, kind, magic) == 1200
+    assert _inflated_size(iter([first, b"trailing junk"]), make_decompressor, kind, magic) == 500
+
+
+def test_a_long_attached_nrrd_header_is_read_to_its_end(tmp_path):
+    """DWI NRRDs carry thousands of key:=value lines; a header over 64 KiB is still a header."""
+    path = _write(tmp_path, "case.nrrd", False)
+    raw = path.read_bytes()
+    gradients = b"".join(b"DWMRI_gradient_%04d:= 0.1 0.2 0.97\n" % i for i in range(3000))
+    long = tmp_path / "long.nrrd"
+    long.write_bytes(raw.replace(b"\n\n", b"\n" + gradients + b"\n", 1))
+    assert long.stat().st_size - path.stat().st_size > 1 << 16
+    check_image_file(long)
+    _truncate(long, long.stat().st_size - 10)
+    with pytest.raises(ImageFileError, match="only"):
+        check_image_file(long)
 
 
 def test_missing_detached_data_file_is_named(tmp_path):
