@@ -81,6 +81,41 @@ def test_a_nibabel_read_case_refuses_a_non_nifti_map_path(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("dataset_ending, map_ending", [(".mhd", ".mha"), (".nhdr", ".nrrd"), (".nrrd", ".nrrd"),
+                                                         (".tif", ".nii.gz")])
+def test_maps_of_a_detached_header_dataset_are_single_files(dataset_ending, map_ending, tmp_path):
+    """A map written as .mhd would keep SimpleITK's data file under the temporary name atomic_path
+    gave the header, and leave it behind: maps of .mhd/.nhdr datasets are .mha/.nrrd."""
+    from types import SimpleNamespace
+    from nnunet_ccesemi.atomic import atomic_path
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+
+    ending = DualNetworkPredictor._map_ending(SimpleNamespace(dataset_json={"file_ending": dataset_ending}))
+    assert ending == map_ending
+    source = tmp_path / "images" / "case_0000.mhd"
+    source.parent.mkdir()
+    sitk.WriteImage(sitk.GetImageFromArray(np.arange(24, dtype=np.float32).reshape(2, 3, 4)), str(source))
+    image, properties = SimpleITKIO().read_images([str(source)])
+    maps = tmp_path / "uncertainty"
+    maps.mkdir()
+    with atomic_path(maps / f"case_entropy{ending}") as tmp:
+        write_float_map(image[0], properties, tmp)
+    assert [p.name for p in maps.iterdir()] == [f"case_entropy{ending}"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(maps / f"case_entropy{ending}"))),
+                                  image[0])
+
+
+def test_sequential_prediction_predicts_its_part_only(tmp_path):
+    """-npp 0 -nps 0 with -num_parts: nnU-Net's sequential mode would predict every case in every call."""
+    from nnunet_ccesemi.cli.predict import sequential_inputs
+    for case in ("a", "b", "c", "d", "e"):
+        for channel in (0, 1):
+            (tmp_path / f"{case}_{channel:04d}.nii.gz").write_bytes(b"")
+    assert sequential_inputs(str(tmp_path), ".nii.gz", 1, 0) == str(tmp_path)
+    part = sequential_inputs(str(tmp_path), ".nii.gz", 2, 1)
+    assert part == [[str(tmp_path / f"{case}_{channel:04d}.nii.gz") for channel in (0, 1)] for case in ("b", "d")]
+
+
 def _predict(planned, output, *extra, command="nnUNetv2_ccesemi_predict"):
     run_cli([command, "-i", str(planned["raw"] / "imagesTs"), "-o", str(output), "-d", str(DATASET_ID), "-c", CONFIG,
              "-f", "all", "-tr", TRAINER, "-device", "cpu", "-npp", "1", "-nps", "1", "--disable_progress_bar",

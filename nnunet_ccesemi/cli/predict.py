@@ -103,6 +103,16 @@ def check_input_files(input_folder: str, model_folder: str) -> None:
         check_image_file(os.path.join(input_folder, name), "input image")
 
 
+def sequential_inputs(input_folder: str, file_ending: str, num_parts: int, part_id: int) -> str | list[list[str]]:
+    """What ``predict_from_files_sequential`` predicts: the folder, or this part's cases. nnU-Net's
+    sequential mode has no parts (every parallel call would predict, and write, every case); the
+    cases are split as its worker path splits them."""
+    if num_parts == 1:
+        return input_folder
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
+    return create_lists_from_splitted_dataset_folder(input_folder, file_ending)[part_id::num_parts]
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
@@ -140,8 +150,9 @@ def main(argv=None) -> None:
     except (CheckpointError, FileNotFoundError) as e:
         sys.exit(f"ERROR: {e}")
     if args.npp == 0:  # nnUNetv2_predict's sequential mode
-        predictor.predict_from_files_sequential(args.i, args.o, save_probabilities=args.save_probabilities,
-                                                overwrite=not args.continue_prediction)
+        predictor.predict_from_files_sequential(
+            sequential_inputs(args.i, predictor.dataset_json["file_ending"], args.num_parts, args.part_id),
+            args.o, save_probabilities=args.save_probabilities, overwrite=not args.continue_prediction)
         return
     predictor.predict_from_files(args.i, args.o, save_probabilities=args.save_probabilities,
                                  overwrite=not args.continue_prediction, num_processes_preprocessing=args.npp,

@@ -44,7 +44,10 @@ from nnunet_ccesemi.training.checkpoint import saved_method_config
 from nnunet_ccesemi.training.networks import build_peer_network
 
 NETWORK_CHOICES = ("both", "a", "b")
-SITK_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# maps are written in the dataset's format, as one file: a detached header (.mhd, .nhdr) would name
+# the data file its temporary name gave it, and atomic_path renames the header alone
+MAP_ENDINGS = {".nii.gz": ".nii.gz", ".nii": ".nii", ".nrrd": ".nrrd", ".nhdr": ".nrrd", ".mha": ".mha",
+               ".mhd": ".mha"}
 
 
 class DualNetworkPredictor(nnUNetPredictor):
@@ -203,8 +206,7 @@ class DualNetworkPredictor(nnUNetPredictor):
         return ("entropy", "disagreement") if self.networks == "both" else ("entropy",)
 
     def _map_ending(self) -> str:
-        ending = self.dataset_json.get("file_ending", ".nii.gz")
-        return ending if ending in SITK_ENDINGS else ".nii.gz"
+        return MAP_ENDINGS.get(self.dataset_json.get("file_ending", ".nii.gz"), ".nii.gz")
 
     def probabilities_per_case(self, input_files: list[list[str]], case_ids: list[str],
                                num_processes_preprocessing: int = 1
