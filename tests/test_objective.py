@@ -158,6 +158,18 @@ def test_one_student_per_call_gives_the_joint_gradients_and_stats(config_name, s
         torch.testing.assert_close(objective.prototype_banks[net].prototypes, joint.prototype_banks[net].prototypes)
 
 
+def test_sequential_calls_average_the_per_class_prototype_presence():
+    """A class whose prototype network A has and B lacks is present in half of the joint step's
+    banks; the low-memory step must log the same, not A's call alone."""
+    stats_a = {"total": torch.tensor(1.0), "num_prototypes": torch.tensor(2.0),
+               "prototype_present_c0": torch.tensor(1.0), "prototype_present_c1": torch.tensor(1.0)}
+    stats_b = {"total": torch.tensor(2.0), "num_prototypes": torch.tensor(1.0),
+               "prototype_present_c0": torch.tensor(1.0), "prototype_present_c1": torch.tensor(0.0)}
+    merged = merge_sequential_stats(stats_a, stats_b)
+    assert merged["prototype_present_c1"].item() == 0.5 and merged["prototype_present_c0"].item() == 1.0
+    assert merged["num_prototypes"].item() == 1.5 and merged["total"].item() == 3.0
+
+
 def test_students_must_name_the_networks():
     batch = make_batch(SHAPES["2d-c2"])
     with pytest.raises(ValueError, match="students must be a non-empty subset"):

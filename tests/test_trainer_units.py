@@ -241,6 +241,35 @@ def test_single_group_optimizer_state_of_older_versions_is_split_on_load(nnunet_
     assert restored.optimizer._optimizer_load_state_dict_pre_hooks == {}  # the converter is gone after loading
 
 
+def test_a_resumed_run_keeps_its_seed_unless_told_otherwise(nnunet_folders, tmp_path, monkeypatch):
+    """Without nnUNet_ccesemi_seed a resumed run would draw a new seed and log it as the one that
+    repeats the run, though the epochs before the resume used another."""
+    monkeypatch.delenv("nnUNet_ccesemi_seed", raising=False)
+    trainer = initialized(nnUNetTrainerCPS_5epochs)
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    resumed = initialized(nnUNetTrainerCPS_5epochs)
+    assert resumed.seed != trainer.seed  # a fresh draw (equal once in 2**31) ...
+    resumed.load_checkpoint(path)
+    assert resumed.seed == trainer.seed  # ... replaced by the run's own
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "7")
+    told = initialized(nnUNetTrainerCPS_5epochs)
+    told.load_checkpoint(path)
+    assert told.seed == 7
+
+
+def test_a_statistic_the_resumed_configuration_no_longer_logs_is_padded(nnunet_folders):
+    """nnU-Net's progress.png plots up to its shortest logger list: a statistic of the checkpoint's
+    configuration left one entry short would freeze the plot at the resume epoch."""
+    trainer = initialized(nnUNetTrainerCPS_5epochs)
+    logging = trainer.logger.local_logger.my_fantastic_logging
+    logging["ccesemi_entropy_threshold_a"] = [0.25]  # logged by the checkpoint's run only
+    trainer.current_epoch = 1
+    trainer.on_train_epoch_end([{"loss": 1.0, "ccesemi_cps_a": 0.5}, {"loss": 2.0, "ccesemi_cps_a": 0.7}])
+    assert logging["ccesemi_cps_a"][1] == pytest.approx(0.6)
+    assert logging["ccesemi_entropy_threshold_a"][0] == 0.25 and math.isnan(logging["ccesemi_entropy_threshold_a"][1])
+
+
 def test_split_single_group_state_leaves_other_states_alone():
     group = {"lr": 0.01, "momentum": 0.99, "params": [0, 1, 2, 3, 4]}
     state = {"state": {0: {"momentum_buffer": torch.ones(1)}, 4: {"momentum_buffer": torch.zeros(1)}},

@@ -483,6 +483,7 @@ class DualNetworkObjective(nn.Module):
 
 # Statistics that are a mean over the networks trained in a call (the others are per network or shared).
 _MEAN_OVER_STUDENTS = ("mean_kl_weight", "num_prototypes")
+_MEAN_OVER_STUDENTS_PREFIXES = ("prototype_present_",)
 
 
 def merge_sequential_stats(stats_a: dict[str, torch.Tensor], stats_b: dict[str, torch.Tensor]) -> dict:
@@ -494,7 +495,8 @@ def merge_sequential_stats(stats_a: dict[str, torch.Tensor], stats_b: dict[str, 
     """
     merged = {**stats_b, **stats_a}
     merged["total"] = stats_a["total"] + stats_b["total"]
-    for key in _MEAN_OVER_STUDENTS:
+    averaged = set(_MEAN_OVER_STUDENTS) | {key for key in merged if key.startswith(_MEAN_OVER_STUDENTS_PREFIXES)}
+    for key in averaged:
         values = [s[key] for s in (stats_a, stats_b) if key in s]
         if values:
             merged[key] = torch.stack(values).mean()

@@ -494,6 +494,11 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             self.logger.log(key, value, self.current_epoch)
             summary.append(f"{key[len(STAT_PREFIX):]} {value:.4g}")
             epoch_stats[key[len(STAT_PREFIX):]] = values
+        logging = self.logger.local_logger.my_fantastic_logging
+        for key in [k for k in logging if k.startswith(STAT_PREFIX) and len(logging[k]) == self.current_epoch]:
+            # a statistic of the checkpoint's configuration that this one no longer computes: nnU-Net's
+            # progress.png plots up to its shortest list, so a list left short would freeze it
+            self.logger.log(key, float("nan"), self.current_epoch)
         self.print_to_log_file("semi-supervised: " + ", ".join(summary))
         if self._ramp_up_finished_before_epoch():
             # every rank's iterations: a term dead on rank 0 may still train on the others
@@ -598,9 +603,23 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             "trainer_name": self.__class__.__name__,
             "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "method_config": self.method_config.as_dict(),
+            "seed": self.seed,
             "ccesemi_version": __version__,
         }
         atomic_torch_save(checkpoint, filename)
+
+    def _resume_seed(self, saved_seed: int | None) -> None:
+        """A resumed run goes on with the seed of the run it continues (the one its log names), unless
+        ``nnUNet_ccesemi_seed`` asks for another."""
+        if saved_seed is None or saved_seed == self.seed:
+            return
+        if SEED_VARIABLE in os.environ:
+            self.print_to_log_file(f"the checkpoint's run used seed {saved_seed}; continuing with "
+                                   f"{SEED_VARIABLE}={self.seed}")
+        else:
+            self.seed = saved_seed
+            self.print_to_log_file(f"continuing with the checkpoint's seed {saved_seed} "
+                                   f"({SEED_VARIABLE}={saved_seed} repeats the run)")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
@@ -624,6 +643,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
             {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})
         if checkpoint.get("objective_state") is not None:
             self.objective.load_state_dict(checkpoint["objective_state"])
+        self._resume_seed(checkpoint.get("seed"))
         saved_config = checkpoint.get("method_config")
         if saved_config is not None and saved_config != self.method_config.as_dict():
             self.print_to_log_file(f"WARNING: the checkpoint was trained with another method configuration: "
