@@ -239,6 +239,7 @@ def test_find_unlabeled_cases_groups_channels(tmp_path):
     (["a_0000.nii.gz"], "expects exactly _0000 (T1), _0001 (T2)"),
     (["a_0000.nrrd", "a_0001.nrrd"], "not named <case>_<XXXX>.nii.gz"),
     (["a_0000.nii.gz", "a_0001.nii.gz", "a_0002.nii.gz"], "has channel files _0000, _0001, _0002"),
+    (["liver_seg_0000.nii.gz", "liver_seg_0001.nii.gz"], "end in '_seg', which nnU-Net's preprocessed layout reserves"),
 ])
 def test_find_unlabeled_cases_errors(tmp_path, files, message):
     if files is not None:

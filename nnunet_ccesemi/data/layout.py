@@ -70,10 +70,17 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
     Raises:
         UnlabeledDataError: folder missing or empty; a file not named ``<case>_<XXXX><file_ending>``;
             a case whose channels differ from ``dataset.json``'s ``channel_names``; an ID that is also
-            a labelled case.
+            a labelled case, or one ending in ``_seg``.
     """
     folder = raw_unlabeled_folder(raw_dataset_folder)
     cases = find_cases(folder, dataset_json, "unlabelled")
+    # case "x_seg" is preprocessed to x_seg.b2nd, which nnU-Net's layout reads as the segmentation of case
+    # "x": the case would be lost, and the clean-up of cases without raw images would delete its data
+    seg_named = sorted(case for case in cases if case.endswith("_seg"))
+    if seg_named:
+        raise UnlabeledDataError(
+            f"Unlabelled case ID(s) {seg_named[:5]} in {folder} end in '_seg', which nnU-Net's preprocessed "
+            f"layout reserves for segmentations (<case>_seg.b2nd). Rename them (e.g. {seg_named[0][:-4]}-seg).")
     if labeled_identifiers:
         collisions = sorted(set(cases) & set(labeled_identifiers))
         if collisions:
