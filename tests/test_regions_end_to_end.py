@@ -93,6 +93,14 @@ def test_dataset_json_defines_the_regions(region_dataset):
     assert meta["regions_class_order"] == [1, 2, 3]
 
 
+def test_memory_estimate_builds_region_targets(region_dataset):
+    """Region losses take one bool channel per region; an int16 label-map target made them fail."""
+    result = run_cli(["nnUNetv2_ccesemi_estimate_memory", "-d", str(DATASET_ID), "-c", "3d_cpu", "-tr",
+                      "nnUNetTrainer", "nnUNetTrainerCCE_5epochs"], region_dataset["env"])
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| nnUNetTrainer")]
+    assert [row.split("|")[1].strip() for row in rows] == ["nnUNetTrainer", "nnUNetTrainerCCE_5epochs"]
+
+
 def test_cce_on_regions_3d(region_dataset, tmp_path):
     folder = train(region_dataset, "3d_cpu", FIVE_EPOCHS)
     checkpoint = torch.load(folder / "checkpoint_final.pth", map_location="cpu", weights_only=False)

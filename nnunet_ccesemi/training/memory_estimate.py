@@ -235,10 +235,17 @@ def estimate_step_memory(
 def _synthetic_batch(trainer) -> dict:
     patch_size = list(trainer.configuration_manager.patch_size)
     data = torch.randn(trainer.batch_size, trainer.num_input_channels, *patch_size)
-    # nnU-Net's loader yields int16 segmentations, downsampled per deep-supervision output.
+    # nnU-Net's loader yields int16 segmentations, downsampled per deep-supervision output; for regions
+    # one bool channel per region (plus the ignore label's, which nnU-Net appends as a last region)
     scales = trainer._get_deep_supervision_scales() if trainer.enable_deep_supervision else [[1.0] * len(patch_size)]
-    target = [torch.zeros(trainer.batch_size, 1, *[round(s * f) for s, f in zip(patch_size, scale)],
-                          dtype=torch.int16) for scale in scales]
+    label_manager = trainer.label_manager
+    if label_manager.has_regions:
+        channels = len(label_manager.foreground_regions) + int(label_manager.has_ignore_label)
+        dtype = torch.bool
+    else:
+        channels, dtype = 1, torch.int16
+    target = [torch.zeros(trainer.batch_size, channels, *[round(s * f) for s, f in zip(patch_size, scale)],
+                          dtype=dtype) for scale in scales]
     return {"data": data, "target": target if trainer.enable_deep_supervision else target[0]}
 
 
