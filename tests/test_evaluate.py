@@ -515,6 +515,33 @@ def test_cli_file_ending_from_dataset_json(tmp_path, capsys):
     assert summary["mean"]["1"]["Dice"] == 1.0 and len(summary["metric_per_case"]) == 1
 
 
+def test_tiff_distances_in_mm_use_nnunets_spacing_file(tmp_path, capsys):
+    """nnU-Net's Tiff3DIO keeps a TIFF's spacing in <case>.json; ITK would read the TIFF at 1 mm."""
+    from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
+
+    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
+    reference_folder.mkdir()
+    prediction_folder.mkdir()
+    reference = np.zeros((8, 8, 8), np.uint8)
+    reference[2:5, 2:6, 2:6] = 1
+    spacing = {"spacing": [3.0, 1.0, 1.0]}  # (z, y, x), as nnU-Net's TIFF datasets store it
+    Tiff3DIO().write_seg(reference, str(reference_folder / "cell.tif"), spacing)
+    Tiff3DIO().write_seg(np.roll(reference, 1, axis=0), str(prediction_folder / "cell.tif"), spacing)
+    dataset_json = write_dataset_json(tmp_path / "dataset.json", {"background": 0, "cell": 1}, file_ending=".tif")
+    output = tmp_path / "summary.json"
+    argv = ["-ref", reference_folder, "-pred", prediction_folder, "--dataset-json", dataset_json, "-o", output]
+    run_main([*argv, "--units", "mm"], capsys)
+    case = json.loads(output.read_text())["metric_per_case"][0]
+    assert case["spacing"] == [3.0, 1.0, 1.0] and case["metrics"]["1"]["HD95"] == pytest.approx(3.0)
+    run_main(argv, capsys)  # voxels
+    assert json.loads(output.read_text())["metric_per_case"][0]["metrics"]["1"]["HD95"] == pytest.approx(1.0)
+
+    (reference_folder / "cell.json").unlink()
+    with pytest.raises(SystemExit, match=r"--units mm: the TIFF reference .*cell.tif has no spacing file "
+                                         r".*cell.json"):
+        main([str(a) for a in [*argv, "--units", "mm"]])
+
+
 def test_cli_region_names_from_dataset_json(region_folders, tmp_path, capsys):
     reference_folder, prediction_folder, _ = region_folders
     dataset_json = region_dataset_json(tmp_path)

@@ -111,19 +111,49 @@ class CaseScores:
         }
 
 
-def read_segmentation(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
+TIFF_ENDINGS = (".tif", ".tiff")
+
+
+def read_segmentation(path: str) -> tuple[np.ndarray, Optional[tuple[float, ...]]]:
     """The label array of an image file and its spacing, both in array axis order (z, y, x for 3D).
+
+    3D TIFFs are read as nnU-Net's Tiff3DIO reads them: the spacing is that of ``<case>.json`` beside
+    the file (None without one; ITK would say 1 mm).
 
     Raises:
         EvaluationError: the file is truncated or unreadable.
     """
     import SimpleITK as sitk
 
+    if path.lower().endswith(TIFF_ENDINGS):
+        return _read_tiff_segmentation(path)
+
     try:
         image = image_files.read_image(path, "segmentation")
     except image_files.ImageFileError as e:
         raise EvaluationError(str(e)) from e
     return sitk.GetArrayFromImage(image), tuple(float(s) for s in reversed(image.GetSpacing()))
+
+
+def _read_tiff_segmentation(path: str) -> tuple[np.ndarray, Optional[tuple[float, ...]]]:
+    import tifffile
+
+    try:
+        array = tifffile.imread(path)
+    except Exception as e:  # tifffile raises several types for damaged files
+        raise EvaluationError(f"cannot read the segmentation {path}: {e}") from e
+    sidecar = path[:path.rfind(".")] + ".json"
+    if not os.path.isfile(sidecar):
+        return array, None
+    try:
+        with open(sidecar) as f:
+            spacing = tuple(float(s) for s in json.load(f)["spacing"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise EvaluationError(f"{sidecar} must hold {{\"spacing\": [z, y, x]}} (nnU-Net's TIFF spacing file): "
+                              f"{e}") from e
+    if len(spacing) != array.ndim:
+        raise EvaluationError(f"{sidecar} gives {len(spacing)} spacings for the {array.ndim}D image {path}")
+    return array, spacing
 
 
 def match_cases(reference_folder: str, prediction_folder: str, *, file_ending: str = ".nii.gz",
@@ -360,10 +390,16 @@ def evaluate_case(pair: CasePair, *, labels: Optional[Sequence[LabelOrRegion]] =
             reference's.
     """
     reference, spacing = read_segmentation(pair.reference_file)
+    if spacing is None:
+        if units == "mm":
+            raise EvaluationError(f"--units mm: the TIFF reference {pair.reference_file} has no spacing file "
+                                  f"{os.path.splitext(pair.reference_file)[0]}.json (nnU-Net's Tiff3DIO layout)")
+        spacing = (1.0,) * reference.ndim
     if pair.prediction_file is None:
         prediction = np.zeros_like(reference)
     else:
         prediction, prediction_spacing = read_segmentation(pair.prediction_file)
+        prediction_spacing = spacing if prediction_spacing is None else prediction_spacing
         if prediction.shape != reference.shape:
             raise EvaluationError(f"shape mismatch: reference {pair.reference_file} has shape {reference.shape}, "
                                   f"prediction {pair.prediction_file} has shape {prediction.shape}")
