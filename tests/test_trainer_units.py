@@ -270,6 +270,21 @@ def test_a_statistic_the_resumed_configuration_no_longer_logs_is_padded(nnunet_f
     assert logging["ccesemi_entropy_threshold_a"][0] == 0.25 and math.isnan(logging["ccesemi_entropy_threshold_a"][1])
 
 
+def test_validation_alone_runs_without_feature_hooks(nnunet_folders, monkeypatch):
+    """nnUNetv2_train --val: no training, so nothing removed the contrast term's decoder hooks."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    trainer = initialized(nnUNetTrainerCCE_5epochs)
+    decoder_stage = trainer._feature_hooks[0]
+    seen = []
+    monkeypatch.setattr(nnUNetTrainer, "perform_actual_validation",
+                        lambda self, save_probabilities=False: seen.append(list(self._feature_hooks)))
+    trainer.perform_actual_validation()
+    assert seen == [[]]
+    trainer.network(torch.zeros(1, 1, *PLANS["configurations"]["2d"]["patch_size"]))
+    assert decoder_stage.features is None  # the hook is off the module
+
+
 def test_split_single_group_state_leaves_other_states_alone():
     group = {"lr": 0.01, "momentum": 0.99, "params": [0, 1, 2, 3, 4]}
     state = {"state": {0: {"momentum_buffer": torch.ones(1)}, 4: {"momentum_buffer": torch.zeros(1)}},

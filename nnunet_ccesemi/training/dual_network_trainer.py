@@ -576,12 +576,21 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     def on_train_end(self):
         super().on_train_end()
-        for hook in self._feature_hooks:  # the final validation's sliding window needs no features
-            hook.remove()
-        self._feature_hooks = []
+        self._remove_feature_hooks()  # the final validation's sliding window needs no features
         if isinstance(self.dataloader_unlabeled, NonDetMultiThreadedAugmenter):
             self.dataloader_unlabeled._finish()
         self.dataloader_unlabeled = None
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        # nnUNetv2_train --val validates without training: each sliding-window forward would keep its
+        # full-resolution decoder features alive
+        self._remove_feature_hooks()
+        super().perform_actual_validation(save_probabilities)
+
+    def _remove_feature_hooks(self) -> None:
+        for hook in self._feature_hooks:
+            hook.remove()
+        self._feature_hooks = []
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, filename: str) -> None:
