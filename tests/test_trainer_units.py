@@ -270,6 +270,28 @@ def test_a_statistic_the_resumed_configuration_no_longer_logs_is_padded(nnunet_f
     assert logging["ccesemi_entropy_threshold_a"][0] == 0.25 and math.isnan(logging["ccesemi_entropy_threshold_a"][1])
 
 
+def test_network_b_settings_that_cannot_change_b_do_not_block_a_resume(nnunet_folders, tmp_path):
+    """With peer_architecture 'same' the residual settings build nothing; a checkpoint that saved other
+    values (or none, as 0.1 did) holds the same network B."""
+    from nnunet_ccesemi.trainers import nnUNetTrainerCPS_sameArch
+    from nnunet_ccesemi.training.checkpoint import CheckpointError
+
+    path = str(tmp_path / "checkpoint.pth")
+    initialized(nnUNetTrainerCPS_sameArch).save_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["method_config"]["peer_blocks_per_stage"] = [3, 3, 3]
+    del checkpoint["method_config"]["peer_decoder_convs_per_stage"]
+    torch.save(checkpoint, path)
+    initialized(nnUNetTrainerCPS_sameArch).load_checkpoint(path)
+
+    initialized(nnUNetTrainerCPS_5epochs).save_checkpoint(path)  # B residual: the blocks do build B
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["method_config"]["peer_blocks_per_stage"] = [3, 3, 3]
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match="was trained with network B"):
+        initialized(nnUNetTrainerCPS_5epochs).load_checkpoint(path)
+
+
 def test_validation_alone_runs_without_feature_hooks(nnunet_folders, monkeypatch):
     """nnUNetv2_train --val: no training, so nothing removed the contrast term's decoder hooks."""
     from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer

@@ -48,10 +48,24 @@ def saved_method_config(checkpoint: dict) -> MethodConfig:
     return MethodConfig(**{k: v for k, v in saved.items() if k in known})
 
 
-def check_peer_network_matches(checkpoint: dict, filename: str, config: MethodConfig, trainer_name: str) -> None:
-    """Refuses to resume a checkpoint whose network B has another architecture than ``config`` builds."""
+def check_peer_network_matches(checkpoint: dict, filename: str, config: MethodConfig, trainer_name: str,
+                               configuration_manager=None) -> None:
+    """Refuses to resume a checkpoint whose network B has another architecture than ``config`` builds.
+
+    With the ``configuration_manager`` of network A, the architectures are compared as built: fields
+    that cannot change B (the residual settings when B is A's architecture) do not count.
+    """
     saved = saved_method_config(checkpoint)
-    if saved.peer_network != config.peer_network:
+    if configuration_manager is not None:
+        from nnunet_ccesemi.training.networks import peer_architecture
+
+        def built(c: MethodConfig):
+            return peer_architecture(configuration_manager, c.peer_architecture, c.peer_blocks_per_stage,
+                                     c.peer_decoder_convs_per_stage)
+        differs = built(saved) != built(config)
+    else:
+        differs = saved.peer_network != config.peer_network
+    if differs:
         raise CheckpointError(
             f"{filename} was trained with network B {saved.peer_network}, but {trainer_name} builds "
             f"{config.peer_network} (nnunet_ccesemi {checkpoint.get('ccesemi_version', '0.1.0')} wrote it). Resume it "

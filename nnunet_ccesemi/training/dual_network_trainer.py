@@ -639,7 +639,8 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         # on the CPU: nnU-Net's loader puts its own copy on the device; ours only feeds B and the banks
         checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
         check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
-        check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__)
+        check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__,
+                                   self.configuration_manager)
         # nnunet_ccesemi <= 0.2 saved one parameter group over both networks: split it as A's and B's
         group_sizes = [len(group["params"]) for group in self.optimizer.param_groups]
         handle = self.optimizer.register_load_state_dict_pre_hook(
