@@ -542,6 +542,14 @@ def test_tiff_distances_in_mm_use_nnunets_spacing_file(tmp_path, capsys):
         main([str(a) for a in [*argv, "--units", "mm"]])
 
 
+def test_present_labels_of_instance_style_ids():
+    """Label values near 2**31 (instance IDs): found without a counter for every value below them."""
+    from nnunet_ccesemi.evaluation.folders import present_labels
+    segmentation = np.array([[0, 7, 2_000_000_000], [7, 0, 3]], np.int64)
+    assert present_labels(segmentation) == [3, 7, 2_000_000_000]
+    assert present_labels(np.array([0, 2, 2, 5], np.uint8)) == [2, 5]
+
+
 def test_cli_region_names_from_dataset_json(region_folders, tmp_path, capsys):
     reference_folder, prediction_folder, _ = region_folders
     dataset_json = region_dataset_json(tmp_path)

@@ -435,9 +435,13 @@ def label_key(label: LabelOrRegion) -> str:
     return str(label)
 
 
+BINCOUNT_MAX_LABEL = 1 << 20  # bincount allocates a counter per value up to the largest (instance IDs ~1e9)
+
+
 def present_labels(segmentation: np.ndarray) -> list[int]:
     """The non-zero values of a label map, as sorted ints."""
-    if np.issubdtype(segmentation.dtype, np.integer) and segmentation.size and segmentation.min() >= 0:
+    if (np.issubdtype(segmentation.dtype, np.integer) and segmentation.size and segmentation.min() >= 0
+            and segmentation.max() < BINCOUNT_MAX_LABEL):
         values = np.flatnonzero(np.bincount(segmentation.ravel()))  # much faster than np.unique on volumes
     else:
         values = np.unique(segmentation)
