@@ -10,6 +10,7 @@ import torch
 
 from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
+from nnunet_ccesemi.training.networks import peer_architecture
 
 PEER_WEIGHTS_KEY = "network_b_weights"
 
@@ -49,23 +50,18 @@ def saved_method_config(checkpoint: dict) -> MethodConfig:
 
 
 def check_peer_network_matches(checkpoint: dict, filename: str, config: MethodConfig, trainer_name: str,
-                               configuration_manager=None) -> None:
+                               configuration_manager) -> None:
     """Refuses to resume a checkpoint whose network B has another architecture than ``config`` builds.
 
-    With the ``configuration_manager`` of network A, the architectures are compared as built: fields
+    The architectures are compared as built from the ``configuration_manager`` of network A: fields
     that cannot change B (the residual settings when B is A's architecture) do not count.
     """
     saved = saved_method_config(checkpoint)
-    if configuration_manager is not None:
-        from nnunet_ccesemi.training.networks import peer_architecture
 
-        def built(c: MethodConfig):
-            return peer_architecture(configuration_manager, c.peer_architecture, c.peer_blocks_per_stage,
-                                     c.peer_decoder_convs_per_stage)
-        differs = built(saved) != built(config)
-    else:
-        differs = saved.peer_network != config.peer_network
-    if differs:
+    def built(c: MethodConfig):
+        return peer_architecture(configuration_manager, c.peer_architecture, c.peer_blocks_per_stage,
+                                 c.peer_decoder_convs_per_stage)
+    if built(saved) != built(config):
         raise CheckpointError(
             f"{filename} was trained with network B {saved.peer_network}, but {trainer_name} builds "
             f"{config.peer_network} (nnunet_ccesemi {checkpoint.get('ccesemi_version', '0.1.0')} wrote it). Resume it "
