@@ -8,7 +8,8 @@
 #     TRAINER: default nnUNetTrainer (the supervised baseline) and nnUNetTrainerCCE
 #   env: DEVICE (default cuda), CONFIG (default 3d_fullres; 3d_cpu adds the CPU configuration first),
 #        LABELED (default 8), SPACING (h5 files store none; the converter's default is 0.625 mm)
-# Steps already done (converted dataset, plans, unlabelled cases) are skipped, so a rerun continues.
+# Steps already done (converted dataset, plans, unlabelled cases, finished trainings, rows) are skipped and an
+# interrupted training resumes from its latest checkpoint, so a rerun continues (FRESH=1 retrains).
 # Needs nnUNet_raw, nnUNet_preprocessed and nnUNet_results set.
 set -euo pipefail
 root=$1; dataset=$2; shift 2

@@ -1,0 +1,99 @@
+"""benchmarks/la_protocol.sh continues an interrupted protocol instead of starting it again.
+
+The nnU-Net CLIs it calls are replaced by stubs on PATH that log their arguments, write the checkpoint a
+finished training leaves and copy the reference labels as predictions; la_eval.py and the checkpoint
+probe run for real.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAINER = "nnUNetTrainerCCE_20epochs"
+
+STUB = """#!/usr/bin/env bash
+echo "$(basename "$0") $*" >> "$STUB_LOG"
+"""
+TRAIN_STUB = STUB + """fold="$nnUNet_results/Dataset601_Tiny/$5__nnUNetPlans__$2/fold_all"
+mkdir -p "$fold"
+"$STUB_PYTHON" -c "import sys, torch; torch.save({'network_b_weights': {}}, sys.argv[1])" "$fold/checkpoint_final.pth"
+"""
+PREDICT_STUB = STUB + """while [ $# -gt 0 ]; do [ "$1" = -o ] && out=$2; shift; done
+mkdir -p "$out" && cp "$nnUNet_raw"/Dataset601_Tiny/labelsTs/*.nii.gz "$out"/
+"""
+
+
+def _setup(tmp_path):
+    raw = tmp_path / "raw" / "Dataset601_Tiny"
+    for sub in ("imagesTs", "labelsTs"):
+        (raw / sub).mkdir(parents=True)
+    label = np.zeros((6, 6, 6), np.uint8)
+    label[2:4, 2:5, 1:4] = 1
+    sitk.WriteImage(sitk.GetImageFromArray(label), str(raw / "labelsTs" / "c1.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(label.astype(np.float32)), str(raw / "imagesTs" / "c1_0000.nii.gz"))
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    for name, text in (("nnUNetv2_train", TRAIN_STUB), ("nnUNetv2_predict", PREDICT_STUB),
+                       ("nnUNetv2_ccesemi_predict", PREDICT_STUB)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    python_dir = Path(sys.executable).parent  # la_protocol.sh calls `python`: make it this interpreter
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"), nnUNet_preprocessed=str(tmp_path / "pre"),
+               nnUNet_results=str(tmp_path / "results"), STUB_LOG=str(tmp_path / "calls.log"),
+               STUB_PYTHON=sys.executable, PATH=f"{stubs}:{python_dir}:{os.environ['PATH']}")
+    env.pop("FRESH", None)
+    return env, tmp_path / "results" / "Dataset601_Tiny"
+
+
+def _run(env, tmp_path):
+    log = tmp_path / "calls.log"
+    log.unlink(missing_ok=True)
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "la_protocol.sh"), "601", "3d_cpu", TRAINER],
+                          env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return log.read_text().splitlines()
+
+
+def _rows(results):
+    return (results / "protocol_results.txt").read_text().splitlines()
+
+
+def test_a_finished_trainer_is_not_trained_again_nor_its_rows_repeated(tmp_path):
+    env, results = _setup(tmp_path)
+    calls = _run(env, tmp_path)
+    assert [c.split()[0] for c in calls] == ["nnUNetv2_train", "nnUNetv2_predict", "nnUNetv2_ccesemi_predict"]
+    assert "--c" not in calls[0].split() and "--continue_prediction" not in calls[1].split()
+    rows = _rows(results)
+    assert [r.split(" (")[0] for r in rows] == [f"{TRAINER} A", f"{TRAINER} A+B"]
+    assert all("Dice 100.00" in r for r in rows)
+
+    calls = _run(env, tmp_path)
+    assert [c.split()[0] for c in calls] == ["nnUNetv2_predict", "nnUNetv2_ccesemi_predict"]
+    assert all("--continue_prediction" in c.split() for c in calls)
+    assert _rows(results) == rows
+
+
+def test_an_interrupted_training_resumes_from_its_latest_checkpoint(tmp_path):
+    env, results = _setup(tmp_path)
+    fold = results / f"{TRAINER}__nnUNetPlans__3d_cpu" / "fold_all"
+    fold.mkdir(parents=True)
+    torch.save({}, fold / "checkpoint_latest.pth")
+    calls = _run(env, tmp_path)
+    assert calls[0].split()[0] == "nnUNetv2_train" and "--c" in calls[0].split()
+    assert "resumed part" in _rows(results)[0]
+
+
+def test_fresh_retrains_a_finished_trainer(tmp_path):
+    env, results = _setup(tmp_path)
+    _run(env, tmp_path)
+    calls = _run(dict(env, FRESH="1"), tmp_path)
+    assert calls[0].split()[0] == "nnUNetv2_train" and "--c" not in calls[0].split()
+    assert "--continue_prediction" not in calls[1].split()
+    assert len(_rows(results)) == 4  # the retrained model's rows are added
