@@ -41,6 +41,35 @@ def test_new_interpreter_finds_trainers_without_any_variable():
     assert out.stdout.strip().splitlines()[-1] == "nnunet_ccesemi.trainers.cps"
 
 
+# Every method configuration has the short budgets the README promises.
+METHOD_TRAINERS = ["nnUNetTrainerCCE", "nnUNetTrainerCCE_noEntropyFilter", "nnUNetTrainerCCE_noKLWeight",
+                   "nnUNetTrainerCCE_noContrast", "nnUNetTrainerCCE_globalRule", "nnUNetTrainerCCE_releasedCode",
+                   "nnUNetTrainerCCE_lowMem", "nnUNetTrainerCPS", "nnUNetTrainerCPS_sameArch", "nnUNetTrainerCPS_lowMem"]
+
+
+@pytest.mark.parametrize("base", METHOD_TRAINERS)
+def test_every_method_trainer_has_each_short_budget(base):
+    from nnunet_ccesemi import trainers
+    from nnunet_ccesemi.training.budgets import ShortBudget
+    for epochs in (5, 10, 20):
+        variant = getattr(trainers, f"{base}_{epochs}epochs")
+        assert issubclass(variant, getattr(trainers, base)) and issubclass(variant, ShortBudget)
+        assert variant.budget_epochs == epochs
+        assert variant.method_config == getattr(trainers, base).method_config
+
+
+def test_every_trainer_the_docs_name_exists():
+    import re
+    from nnunet_ccesemi import trainers
+    nnunet_own = {"nnUNetTrainer", "nnUNetTrainer_1epoch", "nnUNetTrainer_5epochs", "nnUNetTrainerAdam",
+                  "nnUNetTrainerCCEE"}  # nnUNetTrainerCCEE: the troubleshooting table's typo example
+    docs = [REPO_ROOT / "README.md", REPO_ROOT / "benchmarks" / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    named = {name for doc in docs for name in re.findall(r"`(nnUNetTrainer\w*)", doc.read_text())}
+    missing = sorted(name for name in named - nnunet_own
+                     if not name.endswith("_") and "__" not in name and not hasattr(trainers, name))
+    assert not missing, f"the docs name trainers that do not exist: {missing}"
+
+
 def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
     """``pip install .`` path: the wheel carries the .pth hook, and trainers/ only inside the package."""
     # a module left in the in-tree build folder by an earlier build (since renamed) must not ship again
@@ -443,3 +472,18 @@ def test_stale_folders_are_removed_and_a_set_aside_one_is_put_back(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_A", "Dataset002_B",
                                                           f"tmp{os.getpid()}_Dataset004_D"]
     assert (tmp_path / "Dataset001_A" / "file").read_text() == f"old{dead_pid}_Dataset001_A"  # the old one, back
+
+
+def test_every_cli_help_reads_cleanly(capsys):
+    """Each console script's --help description (the paragraph after the usage) has no reST markup left."""
+    import importlib
+    import re
+    setup_text = (REPO_ROOT / "setup.py").read_text()
+    scripts = re.findall(r'"(nnUNetv2_ccesemi_\w+) = ([\w.]+):main"', setup_text)
+    assert len(scripts) >= 12
+    for script, module in scripts:
+        with pytest.raises(SystemExit) as exited:
+            importlib.import_module(module).main(["--help"])
+        assert exited.value.code == 0
+        description = capsys.readouterr().out.split("\n\n")[1]
+        assert "`" not in description and ":func:" not in description, f"{script} --help: {description}"

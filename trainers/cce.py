@@ -32,23 +32,14 @@ class nnUNetTrainerCCE_releasedCode(nnUNetTrainerCCE):
     method_config = CCE_RELEASED_CODE_CONFIG
 
 
+class nnUNetTrainerCCE_lowMem(nnUNetTrainerCCE):
+    """CCE with the sequential step: one network's activations at a time, same gradients."""
+    sequential_step = True
+
+
+# Short budgets (training/budgets.py) of every configuration above. 20 epochs x 50 iterations = 1000 iterations
+# is the development protocol's budget: every row of the Left Atrium comparison in benchmarks/README.md.
 class nnUNetTrainerCCE_5epochs(ShortBudget, nnUNetTrainerCCE):
-    pass
-
-
-class nnUNetTrainerCCE_noEntropyFilter_5epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
-    pass
-
-
-class nnUNetTrainerCCE_noKLWeight_5epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
-    pass
-
-
-class nnUNetTrainerCCE_noContrast_5epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
-    pass
-
-
-class nnUNetTrainerCCE_releasedCode_5epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
     pass
 
 
@@ -56,12 +47,23 @@ class nnUNetTrainerCCE_10epochs(ShortBudget, nnUNetTrainerCCE):
     budget_epochs = 10
 
 
-class nnUNetTrainerCCE_lowMem(nnUNetTrainerCCE):
-    """CCE with the sequential step: one network's activations at a time, same gradients."""
-    sequential_step = True
+class nnUNetTrainerCCE_20epochs(ShortBudget, nnUNetTrainerCCE):
+    budget_epochs = 20
 
 
-class nnUNetTrainerCCE_lowMem_5epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
+class nnUNetTrainerCCE_noEntropyFilter_5epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
+    pass
+
+
+class nnUNetTrainerCCE_noEntropyFilter_10epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
+    budget_epochs = 10
+
+
+class nnUNetTrainerCCE_noEntropyFilter_20epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_noKLWeight_5epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
     pass
 
 
@@ -69,29 +71,55 @@ class nnUNetTrainerCCE_noKLWeight_10epochs(ShortBudget, nnUNetTrainerCCE_noKLWei
     budget_epochs = 10
 
 
-# The development protocol's budget (20 epochs x 50 iterations = 1000 iterations): every row of
-# the Left Atrium comparison in benchmarks/README.md.
-class nnUNetTrainerCCE_20epochs(ShortBudget, nnUNetTrainerCCE):
-    budget_epochs = 20
-
-
-class nnUNetTrainerCCE_noEntropyFilter_20epochs(ShortBudget, nnUNetTrainerCCE_noEntropyFilter):
-    budget_epochs = 20
-
-
 class nnUNetTrainerCCE_noKLWeight_20epochs(ShortBudget, nnUNetTrainerCCE_noKLWeight):
     budget_epochs = 20
+
+
+class nnUNetTrainerCCE_noContrast_5epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
+    pass
+
+
+class nnUNetTrainerCCE_noContrast_10epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
+    budget_epochs = 10
 
 
 class nnUNetTrainerCCE_noContrast_20epochs(ShortBudget, nnUNetTrainerCCE_noContrast):
     budget_epochs = 20
 
 
+class nnUNetTrainerCCE_globalRule_5epochs(ShortBudget, nnUNetTrainerCCE_globalRule):
+    pass
+
+
+class nnUNetTrainerCCE_globalRule_10epochs(ShortBudget, nnUNetTrainerCCE_globalRule):
+    budget_epochs = 10
+
+
 class nnUNetTrainerCCE_globalRule_20epochs(ShortBudget, nnUNetTrainerCCE_globalRule):
     budget_epochs = 20
 
 
+class nnUNetTrainerCCE_releasedCode_5epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
+    pass
+
+
+class nnUNetTrainerCCE_releasedCode_10epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
+    budget_epochs = 10
+
+
 class nnUNetTrainerCCE_releasedCode_20epochs(ShortBudget, nnUNetTrainerCCE_releasedCode):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_lowMem_5epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
+    pass
+
+
+class nnUNetTrainerCCE_lowMem_10epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
+    budget_epochs = 10
+
+
+class nnUNetTrainerCCE_lowMem_20epochs(ShortBudget, nnUNetTrainerCCE_lowMem):
     budget_epochs = 20
 
 
@@ -99,3 +127,6 @@ class nnUNetTrainerCCE_releasedCode_20epochs(ShortBudget, nnUNetTrainerCCE_relea
 # (plans, unlabelled data, both predictors) in a minute on a CPU.
 class nnUNetTrainerCCE_1epoch(ShortBudget, nnUNetTrainerCCE):
     budget_epochs = 1
+
+
+__all__ = [name for name in dir() if name.startswith("nnUNetTrainerCCE")]

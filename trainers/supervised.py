@@ -14,3 +14,6 @@ class nnUNetTrainerSupervised_10epochs(ShortBudget, nnUNetTrainer):
 
 class nnUNetTrainerSupervised_20epochs(ShortBudget, nnUNetTrainer):
     budget_epochs = 20
+
+
+__all__ = [name for name in dir() if name.startswith("nnUNetTrainerSupervised")]

@@ -38,7 +38,7 @@ def damaged_files(raw_dataset_folder: str, file_ending: str, progress: bool = Fa
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].strip("`: "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].replace("``", ""))
     parser.add_argument("-d", required=True, help="dataset name or ID (in nnUNet_raw)")
     args = parser.parse_args(argv)
 

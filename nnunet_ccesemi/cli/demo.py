@@ -56,7 +56,7 @@ def holds_network_b(model_folder: str) -> bool:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].strip("`: "))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].replace("``", ""))
     parser.add_argument("--workdir", default="ccesemi_demo",
                         help="folder for nnUNet_raw/_preprocessed/_results of the demo (default ./ccesemi_demo)")
     parser.add_argument("--dataset-id", type=int, default=990)

@@ -24,7 +24,7 @@ DEFAULT_TRAINERS = ("nnUNetTrainer", "nnUNetTrainerCCE", "nnUNetTrainerCCE_lowMe
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
-        description="Estimate the peak GPU memory of training steps on nnU-Net's plans, on the CPU, in seconds "
+        description="Estimate the peak GPU memory of training steps on nnU-Net's plans, on the CPU, in about a minute "
                     "(fake tensors: nothing is allocated). Needs the plans only, not the preprocessed data.")
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")

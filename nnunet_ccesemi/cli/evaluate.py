@@ -1,6 +1,6 @@
 """``nnUNetv2_ccesemi_evaluate``: Dice, Jaccard, 95HD, ASD and ASSD of a prediction folder, as the papers report them.
 
-    nnUNetv2_ccesemi_evaluate -ref LABELS_DIR -pred PRED_DIR [-l 1 2 "(1, 2, 3)" 2,3 whole_tumor ...]
+    nnUNetv2_ccesemi_evaluate -ref LABELS_DIR -pred PRED_DIR [-l 1 2 "(1, 2, 3)" 2,3 "whole tumor" ...]
                               [--dataset-json dataset.json] [--units voxel|mm] [--lcc]
                               [--empty-convention nan|zero] [-o summary.json]
 
@@ -14,7 +14,7 @@ the command line next to per-case and mean values; undefined values (NaN) are wr
 
 ``-l`` takes labels, nnU-Net regions (tuples of labels: ``"(1, 2, 3)"``, ``"(2,3)"`` or ``1,2,3``;
 scored on the voxels whose label is in the tuple, keyed ``"(1, 2, 3)"`` as nnU-Net's own summary) and
-names of a dataset.json's ``labels`` (``whole_tumor``, with ``--dataset-json``). With ``--dataset-json``
+names of a dataset.json's ``labels`` (``"whole tumor"``, with ``--dataset-json``). With ``--dataset-json``
 and no ``-l``, the dataset's foreground regions (region datasets) or foreground labels are scored, as
 nnU-Net's evaluator does; without either, every foreground value found in the references.
 """
@@ -43,7 +43,7 @@ def main(argv=None) -> None:
     parser.add_argument("-l", nargs="+", default=None, metavar="LABEL_OR_REGION",
                         help="labels (2), nnU-Net regions as tuples of labels (\"(1, 2, 3)\", \"(2,3)\" or 1,2,3: "
                              "the voxels whose label is in the tuple) or names of --dataset-json's labels "
-                             "(whole_tumor), mixed freely (default: the dataset.json's foreground regions or "
+                             "('whole tumor'), mixed freely (default: the dataset.json's foreground regions or "
                              "labels; without --dataset-json every foreground value found in the references)")
     parser.add_argument("--dataset-json", "-djfile", dest="dataset_json", default=None, metavar="FILE",
                         help="nnU-Net dataset.json whose labels (names, regions, regions_class_order) -l may name "

@@ -11,7 +11,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(
         description="Preprocess the unlabelled images (nnUNet_raw/DatasetXXX/imagesUnlabeled) with exactly the "
                     "plans, preprocessor and normalisation of the labelled cases. Run after "
-                    "nnUNetv2_plan_and_preprocess. Cases already done are skipped.")
+                    "nnUNetv2_plan_and_preprocess. Cases already done are skipped, cases whose raw files changed "
+                    "are redone, and cases gone from imagesUnlabeled are removed.")
     parser.add_argument("-d", required=True, help="dataset name or ID")
     parser.add_argument("-c", nargs="+", default=["3d_fullres"],
                         help="configurations (default 3d_fullres; 3d_cpu shares 3d_fullres' data)")

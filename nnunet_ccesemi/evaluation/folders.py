@@ -250,7 +250,7 @@ def resolve_labels(labels: Optional[Sequence[Union[LabelOrRegion, str, list]]],
     """The labels and regions to score, and the dataset.json names of those that have one.
 
     Each of ``labels`` is a label (``2``, ``"2"``), a region (``(1, 2, 3)``, ``[2, 3]``,
-    ``"(1, 2, 3)"``, ``"(2,3)"``, ``"1,2,3"``) or a name of ``dataset``'s labels (``"whole_tumor"``).
+    ``"(1, 2, 3)"``, ``"(2,3)"``, ``"1,2,3"``) or a name of ``dataset``'s labels (``"whole tumor"``).
     A one-label region (``"(3)"``, a name of ``3`` or ``[3]``) is the label. Without ``labels``:
     ``dataset.defaults``, or ``None`` (every foreground value of the references) without a dataset.
 
