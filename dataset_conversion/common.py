@@ -44,6 +44,16 @@ class ConversionError(Exception):
     """Bad input or output location; the message names the file and what was expected."""
 
 
+def case_id_problem(case_id: str) -> str | None:
+    """Why ``case_id`` cannot name a case's files, or None if it can."""
+    if not _CASE_ID.match(case_id):
+        return "not usable as a case ID (no spaces, path separators or leading dot)"
+    if case_id.endswith("_seg"):
+        # nnU-Net's preprocessed files <case>.b2nd + <case>_seg.b2nd: its dataset skips such names
+        return "not usable as a case ID: nnU-Net reserves names ending in '_seg' for segmentations"
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # Case lists and splits
 # --------------------------------------------------------------------------------------------
@@ -65,9 +75,10 @@ def read_case_list(path: str | os.PathLike) -> list[str]:
         case_id = line.strip()
         if not case_id or case_id.startswith("#"):
             continue
-        if not _CASE_ID.match(case_id):
-            raise ConversionError(f"{path}, line {line_number}: {case_id!r} is not a case ID "
-                                  f"(expected one ID a line, no spaces or path separators)")
+        problem = case_id_problem(case_id)
+        if problem:
+            raise ConversionError(f"{path}, line {line_number}: {case_id!r} is {problem} "
+                                  f"(expected one case ID a line)")
         if case_id in seen:
             raise ConversionError(f"{path}, line {line_number}: case {case_id} is listed twice")
         seen.add(case_id)

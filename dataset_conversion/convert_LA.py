@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -148,13 +149,16 @@ def _h5_array(h5_file: h5py.File, key: str, path: Path) -> np.ndarray:
         raise ConversionError(f"{path} has no dataset '{key}' (found: {found}); expected "
                               f"datasets 'image' and 'label'")
     entry = h5_file[key]
-    if not isinstance(entry, h5py.Dataset) or not np.issubdtype(entry.dtype, np.number):
+    if not isinstance(entry, h5py.Dataset) or not (np.issubdtype(entry.dtype, np.number)
+                                                   or entry.dtype == np.bool_):
         raise ConversionError(f"{path}: '{key}' is {_describe_h5_entry(entry)}; expected a numeric "
                               f"3D (x, y, z) dataset")
     array = entry[()]
     if array.ndim != 3:
         raise ConversionError(f"{path}: dataset '{key}' has shape {array.shape}; expected a 3D "
                               f"(x, y, z) array")
+    if array.dtype == np.bool_:  # a mask saved as bool is a 0/1 label
+        return array.astype(np.uint8)
     check_finite(array, path)
     return array
 
@@ -319,8 +323,8 @@ def resolve_spacing(layout: SourceLayout, spacing: list[float] | None,
     values = [DEFAULT_H5_SPACING] if spacing is None else spacing
     if len(values) == 1:
         values = values * 3
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise ConversionError(f"--spacing takes one or three positive values (mm), got {spacing}")
+    if len(values) != 3 or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ConversionError(f"--spacing takes one or three finite positive values (mm), got {spacing}")
     return tuple(float(v) for v in values)
 
 

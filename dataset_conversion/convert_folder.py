@@ -23,9 +23,10 @@ z-scoring): ``--channel-names CT`` (one per channel) or ``--channel-names-json F
 Labels. Integer values, read from the data. Name them with ``--label-names background liver
 tumour`` (value = position) or ``--labels-json FILE`` (``{"background": 0, "liver": 1}``); the
 values must be 0, 1, ..., K (nnU-Net's rule) with ``background`` = 0, and a label file holding any
-other value is an error naming the file. Without names, the values found in all label files must be
-0, 1, ..., K (a gap is an error naming the values and the files that hold the values above it);
-they are named ``background``, ``label1``, ``label2``... ``--label-map 255=1`` rewrites values as
+other value is an error naming the file. Without names, the values found in the training label files
+must be 0, 1, ..., K (a gap is an error naming the values and the files that hold the values above it);
+they are named ``background``, ``label1``, ``label2``..., and a test label holding a value no training
+label holds is an error naming it (a class never trained on). ``--label-map 255=1`` rewrites values as
 they are read (masks saved as 0/255; values not listed are kept), before any of these checks.
 
 Every image and label is checked (3D, one value per voxel; all channels and the label on the first
@@ -51,7 +52,7 @@ import SimpleITK as sitk
 
 from nnunet_ccesemi.parallel import run_jobs
 
-from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
+from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments, case_id_problem,
                      atomic_dataset_dir, check_channel_grid, check_dataset_id_free, check_label_values,
                      check_same_grid, check_scalar_volume, dataset_folder_name,
                      name_files, read_image, resolve_output_root, write_dataset_json,
@@ -64,7 +65,6 @@ PROG = "nnUNetv2_ccesemi_convert_folder"
 # longest first, so that ".nii.gz" wins over ".gz"-less matches
 IMAGE_ENDINGS = (".gipl.gz", ".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".gipl")
 COMPANION_ENDINGS = (".raw", ".zraw")  # data files of .mhd/.nhdr headers, not images themselves
-_CASE_ID = re.compile(r"^[^\s/\\.][^\s/\\]*$")
 _NNUNET_CHANNEL = re.compile(r"^(.+)_(\d{4})$")
 
 
@@ -112,6 +112,10 @@ def index_folder(folder: Path, option: str) -> dict[str, Path]:
         raise ConversionError(f"the folder {folder} ({option}) does not exist")
     index: dict[str, Path] = {}
     ignored = []
+    broken = sorted(p for p in folder.iterdir() if p.is_symlink() and not p.exists() and not p.name.startswith("."))
+    if broken:
+        raise ConversionError(f"broken symbolic link(s) in {folder} ({option}): "
+                              f"{name_files([f'{p} -> {p.readlink()}' for p in broken])}")
     for path in sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")):
         parts = split_ending(path.name)
         if parts is None:
@@ -132,10 +136,10 @@ def index_folder(folder: Path, option: str) -> dict[str, Path]:
 
 
 def check_case_id(case_id: str, path: Path) -> None:
-    """Case IDs become file names: no whitespace or path separators, no leading dot."""
-    if not _CASE_ID.match(case_id):
-        raise ConversionError(f"{path}: {case_id!r} is not usable as a case ID (no spaces, path "
-                              f"separators or leading dot)")
+    """Case IDs become file names: no whitespace or path separators, no leading dot, no ``_seg`` ending."""
+    problem = case_id_problem(case_id)
+    if problem:
+        raise ConversionError(f"{path}: {case_id!r} is {problem}")
 
 
 def detect_suffixes(image_index: dict[str, Path], label_cases: Sequence[str],
@@ -230,7 +234,7 @@ def index_images_and_labels(images_dir: Path, labels_dir: Path, label_suffix: st
     Raises:
         ConversionError: one folder for both without a label suffix, or see ``index_folder``.
     """
-    if images_dir != labels_dir:
+    if images_dir.resolve() != labels_dir.resolve():  # a symlink or x/../ path may name the same folder
         return index_folder(images_dir, image_option), index_labels(labels_dir, label_option, label_suffix)
     if not label_suffix:
         raise ConversionError(f"{image_option} and {label_option} both name {images_dir}: give --label-suffix "
@@ -262,6 +266,11 @@ def collect_roles(args: argparse.Namespace) -> tuple[dict[str, Role], tuple[str,
     images_dir, labels_dir = Path(args.images).absolute(), Path(args.labels).absolute()
     image_index, labels = index_images_and_labels(images_dir, labels_dir, args.label_suffix, "--images",
                                                   "--labels")
+    if args.channel_suffixes:
+        repeated = sorted({s for s in args.channel_suffixes if args.channel_suffixes.count(s) > 1})
+        if repeated:
+            raise ConversionError(f"--channel-suffixes repeats {', '.join(repeated)}: give each channel's "
+                                  f"suffix once, in channel order")
     suffixes = (tuple(args.channel_suffixes) if args.channel_suffixes
                 else detect_suffixes(image_index, sorted(labels), images_dir))
     images = group_channels(image_index, suffixes, images_dir)
@@ -413,6 +422,20 @@ def labels_from_values(found: dict[int, list[Path]]) -> dict[str, int]:
     return {("background" if v == 0 else f"label{v}"): v for v in expected}
 
 
+def check_test_values(found_in_test: dict[int, list[Path]], labels: dict[str, int]) -> None:
+    """Test labels may only hold the classes the training labels define.
+
+    Raises:
+        ConversionError: a value no training label holds; names the values and the test files.
+    """
+    unknown = sorted(set(found_in_test) - set(labels.values()))
+    if unknown:
+        files = sorted({path for v in unknown for path in found_in_test[v]})
+        raise ConversionError(f"test label value(s) {', '.join(map(str, unknown))} in {name_files(files)} are no "
+                              f"class of the training labels (classes: "
+                              f"{', '.join(map(str, sorted(labels.values())))})")
+
+
 # --------------------------------------------------------------------------------------------
 # One case
 # --------------------------------------------------------------------------------------------
@@ -543,11 +566,14 @@ def convert(args: argparse.Namespace, command: str) -> dict:
             (out_dir / folder).mkdir()
         jobs = make_jobs(roles, out_dir, allowed, value_map)
         results = run_jobs(convert_case, jobs, num_processes=args.num_processes, description=folder_name)
-        found: dict[int, list[Path]] = {}
+        found: dict[int, list[Path]] = {}  # training labels: they define the classes
+        found_in_test: dict[int, list[Path]] = {}
         for job, (_, values) in zip(jobs, results):
+            in_test = job.label_out is not None and job.label_out.parent.name == "labelsTs"
             for value in values or ():
-                found.setdefault(value, []).append(job.label)
+                (found_in_test if in_test else found).setdefault(value, []).append(job.label)
         labels = mapping if mapping is not None else labels_from_values(found)
+        check_test_values(found_in_test, labels)
         layout = ("one file per case" if suffixes == ("",)
                   else f"channel suffixes {', '.join(suffixes)}")
         write_dataset_json(

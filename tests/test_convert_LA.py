@@ -216,6 +216,24 @@ def test_h5_anisotropic_spacing(h5_root, lists, tmp_path):
     assert image.GetSpacing() == pytest.approx((0.5, 0.6, 2.0))
 
 
+def test_h5_label_saved_as_bool_is_a_0_1_label(h5_root, lists, tmp_path):
+    case_id = TRAIN_IDS[0]
+    image, label = case_arrays(0)
+    write_h5(h5_root / "2018LA_Seg_Training Set" / case_id / "mri_norm2.h5", image, label.astype(bool))
+    out = tmp_path / "raw"
+    assert convert(h5_root, out, lists, "--spacing", "1.25") == 0
+    label_path = dataset_dir(out) / "labelsTr" / f"{case_id}.nii.gz"
+    np.testing.assert_array_equal(read_xyz(label_path), label)
+    assert sitk.ReadImage(str(label_path)).GetPixelID() == sitk.sitkUInt8
+
+
+@pytest.mark.parametrize("spacing", [["nan"], ["1", "inf", "1"], ["0"], ["1", "-1", "1"]])
+def test_h5_spacing_must_be_finite_and_positive(h5_root, lists, tmp_path, capsys, spacing):
+    assert convert(h5_root, tmp_path / "raw", lists, "--spacing", *spacing) == 1
+    assert "finite positive values" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists() or list((tmp_path / "raw").iterdir()) == []
+
+
 def test_h5_without_spacing_warns_when_the_files_look_resampled(h5_root, lists, tmp_path, capsys):
     """The 1.25 mm copy converted without --spacing would be written at 0.625 mm: the slice count says so."""
     assert convert(h5_root, tmp_path / "raw", lists) == 0
@@ -530,7 +548,8 @@ def test_make_split_rules():
 
 @pytest.mark.parametrize("text, message", [
     ("A\nB\nA\n", "listed twice"),
-    ("A\nB C\n", "not a case ID"),
+    ("A\nB C\n", "not usable as a case ID"),
+    ("A\nB_seg\n", "reserves names ending in '_seg'"),
     ("# only a comment\n\n", "is empty"),
 ])
 def test_read_case_list_errors(tmp_path, text, message):

@@ -295,12 +295,32 @@ def _nan_in_float_image(paths):
     return path, "1 voxel(s) are NaN or infinite"
 
 
+def _test_label_with_unknown_class(paths):
+    path = paths["test_labels"] / "liver_06.nii.gz"
+    label = label_array()
+    label[0, 0, 0] = 3  # the training labels hold 0, 1, 2 only
+    write(label, path)
+    return path, "test label value(s) 3 in"
+
+
+def _seg_ending_case_id(paths):
+    path = write(image_array(0), paths["unlabeled"] / "liver_08_seg.nii.gz")
+    return path, "reserves names ending in '_seg'"
+
+
+def _broken_symlink(paths):
+    path = paths["unlabeled"] / "liver_08.nii.gz"
+    path.symlink_to(paths["unlabeled"].parent / "unmounted" / "liver_08.nii.gz")
+    return path, "broken symbolic link"
+
+
 @pytest.mark.parametrize("break_input", [_gap_in_values, _value_outside_names, _non_integer_label,
                                          _label_shape, _label_spacing, _image_without_label,
                                          _label_without_image, _unreadable_image,
                                          _same_case_twice, _two_files_one_case,
                                          _space_in_case_id, _channel_naming_in_unlabeled,
-                                         _nan_in_float_image])
+                                         _nan_in_float_image, _test_label_with_unknown_class,
+                                         _seg_ending_case_id, _broken_symlink])
 def test_errors_name_the_file(single, tmp_path, capsys, break_input):
     path, message = break_input(single)
     names_args = (["--label-names", "background", "a", "b"]
@@ -418,6 +438,18 @@ def test_images_and_labels_in_one_folder(single, tmp_path, capsys):
     capsys.readouterr()
     assert convert(single, tmp_path / "raw2") == 1  # no suffix: labels cannot be told from images
     assert "--label-suffix" in capsys.readouterr().err
+
+
+def test_images_and_labels_one_folder_through_a_symlink_needs_a_suffix(single, tmp_path, capsys):
+    link = tmp_path / "labels_link"
+    link.symlink_to(single["images"], target_is_directory=True)
+    assert convert({**single, "labels": link}, tmp_path / "raw") == 1
+    assert "--label-suffix" in capsys.readouterr().err
+
+
+def test_repeated_channel_suffix_is_named(multi, tmp_path, capsys):
+    assert convert(multi, tmp_path / "raw", "--channel-suffixes", "_0000", "_0000") == 1
+    assert "--channel-suffixes repeats _0000" in capsys.readouterr().err
 
 
 def test_labels_without_any_foreground_are_refused(single, tmp_path, capsys):
