@@ -44,8 +44,9 @@ reader sorts by. Policy:
   tolerance); otherwise an error names both files with their sizes, spacings and origins.
 * ``header``: as ``strict``, but a label whose header describes the same grid with its axes
   permuted or reversed (stored with flipped z, or as (y, x, z)) is reoriented onto the image grid.
-* ``auto`` (default): as ``header``; if the header does not describe the image's grid, the label
-  is read by the convention the TCIA files follow (and MC-Net's, CoraNet's and OrganSegRSTN's
+* ``auto`` (default): as ``header``, and a header on the image's grid but for an origin less than half
+  a voxel off is used as stored (a label from another pipeline); otherwise the label is read by
+  the convention the TCIA files follow (and MC-Net's, CoraNet's and OrganSegRSTN's
   preprocessing rely on): voxel (i, j, k) = column i, row j of the k-th DICOM slice in
   InstanceNumber order. This needs the label's size and spacing to equal the image's, and the
   InstanceNumbers to run with or against the slice positions (then the label's slice axis is
@@ -312,7 +313,8 @@ def check_all_files_read(series_dir: Path, files: Sequence[str]) -> None:
 
 def check_uniform_slices(reader: sitk.ImageSeriesReader, image: sitk.Image,
                          series_dir: Path) -> None:
-    """Equal steps between slice positions (0020|0032); a gap means a missing slice."""
+    """Equal steps between slice positions (0020|0032) along the slice normal and none across it: a gap
+    means a missing slice, an offset across a sheared (gantry-tilted) grid."""
     key = "0020|0032"
     num_slices = image.GetSize()[2]
     if num_slices < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(num_slices)):
@@ -325,7 +327,14 @@ def check_uniform_slices(reader: sitk.ImageSeriesReader, image: sitk.Image,
         return  # unparsable positions: the reader's own spacing stands
     if positions.shape != (num_slices, 3):
         return
-    steps = np.diff(positions @ normal)
+    offsets = np.diff(positions, axis=0)
+    steps = offsets @ normal
+    across = np.linalg.norm(offsets - np.outer(steps, normal), axis=1)
+    if across.max() > 0.01 * abs(np.median(steps)):
+        # a gantry-tilted acquisition: the slices are sheared, which one direction matrix cannot say
+        raise ConversionError(f"{series_dir}: each slice is offset up to {across.max():.3g} mm across the "
+                              f"slice normal (a gantry tilt, tag 0018|1120?): the series is not on a "
+                              f"rectilinear grid; resample it to one (e.g. with dcm2niix) first")
     if np.ptp(steps) > 0.01 * abs(np.median(steps)):
         raise ConversionError(f"{series_dir}: slice positions are not evenly spaced (steps "
                               f"{steps.min():.4g} to {steps.max():.4g} mm): a slice is missing "
@@ -370,6 +379,15 @@ def grid_mismatches(image: sitk.Image, label: sitk.Image) -> list[str]:
               ("direction", np.allclose(label.GetDirection(), image.GetDirection(), rtol=0,
                                         atol=1e-4)))
     return [what for what, agree in checks if not agree]
+
+
+def origin_offset_within_half_voxel(image: sitk.Image, label: sitk.Image) -> float | None:
+    """The distance (mm) between the origins when the grids agree but for an origin less than half the
+    smallest voxel spacing off; None otherwise."""
+    if grid_mismatches(image, label) != ["origin"]:
+        return None
+    offset = float(np.linalg.norm(np.subtract(label.GetOrigin(), image.GetOrigin())))
+    return offset if offset < 0.5 * min(image.GetSpacing()) else None
 
 
 def _describe(image: sitk.Image) -> str:
@@ -464,13 +482,20 @@ def align_label(image: sitk.Image, label: sitk.Image, order: str, policy: str, s
     mismatches = grid_mismatches(image, label)
     if not mismatches:
         return label, "as stored"
-    if policy != "strict":
-        mapping = header_axis_mapping(image, label)
-        if mapping is not None and mapping != ((0, 1, 2), (False, False, False)):
-            reoriented = reorient_label(label, *mapping)
-            if not grid_mismatches(image, reoriented):
-                return reoriented, _axes_note(*mapping)
+    candidates = [(label, "as stored")]
+    mapping = header_axis_mapping(image, label) if policy != "strict" else None
+    if mapping is not None and mapping != ((0, 1, 2), (False, False, False)):
+        reoriented = reorient_label(label, *mapping)
+        if not grid_mismatches(image, reoriented):
+            return reoriented, _axes_note(*mapping)
+        candidates.append((reoriented, _axes_note(*mapping)))
     if policy == "auto":
+        # a header that places the label on the image's grid but for an origin a fraction of a voxel
+        # off is the image's frame (a label from another pipeline), not TCIA's origin-0 convention
+        for candidate, how in candidates:
+            offset = origin_offset_within_half_voxel(image, candidate)
+            if offset is not None:
+                return candidate, f"{how}; its origin {offset:.3g} mm from the image's (under half a voxel)"
         return align_by_index_convention(image, label, order, series_dir, label_path)
     raise grid_error(image, label, series_dir, label_path,
                      f"mismatch in {', '.join(mismatches)} (--label-alignment {policy})")

@@ -49,7 +49,8 @@ def label_by_instance() -> np.ndarray:
     return ((k >= 1) & (k <= 2) & (row < 3) & (column >= 6)).astype(np.uint8)
 
 
-def write_dicom_series(series_dir: Path, hu: np.ndarray, series_uid: str) -> None:
+def write_dicom_series(series_dir: Path, hu: np.ndarray, series_uid: str,
+                       orientation: str = "1\\0\\0\\0\\1\\0") -> None:
     """One CT slice per file; values written as HU with intercept -1024 (stored as HU + 1024)."""
     series_dir.mkdir(parents=True)
     writer = sitk.ImageFileWriter()
@@ -62,7 +63,7 @@ def write_dicom_series(series_dir: Path, hu: np.ndarray, series_uid: str) -> Non
                 "0008|0018": f"{series_uid}.{k + 1}", "0010|0020": series_dir.parts[-3],
                 "0020|000d": STUDY_UID, "0020|000e": series_uid, "0020|0013": str(k + 1),
                 "0020|0032": f"{CORNER_XY[0]}\\{CORNER_XY[1]}\\{z}",
-                "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(SPACING[2]),
+                "0020|0037": orientation, "0018|0050": str(SPACING[2]),
                 "0028|1052": "-1024", "0028|1053": "1"}
         for tag, value in tags.items():
             slice_image.SetMetaData(tag, value)
@@ -299,6 +300,24 @@ def test_label_with_a_consistent_header(copy, lists, tmp_path, flip_z, note):
         "pancreas_0001"].startswith(note)
 
 
+@pytest.mark.parametrize("offset_mm, note", [(0.01, "as stored; its origin 0.01 mm from the image's"),
+                                              (5.0, "header geometry ignored")])
+def test_label_header_a_fraction_of_a_voxel_off_is_used_as_stored(copy, lists, tmp_path, offset_mm, note):
+    """A label from another pipeline: position order, header on the CT's grid but for a tiny origin shift.
+    Read by the TCIA InstanceNumber rule it would come out reversed along z."""
+    expected = label_by_instance()[::-1]
+    label = sitk.GetImageFromArray(expected.copy())
+    label.SetSpacing(SPACING)
+    label.SetOrigin((CORNER_XY[0] + offset_mm, CORNER_XY[1], TOP_Z - (SHAPE_ZYX[0] - 1) * SPACING[2]))
+    sitk.WriteImage(label, str(label_path_of(copy, "0001")), True)
+    out = tmp_path / "raw"
+    assert convert(copy, out, lists, "--labeled", "2") == 0
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(dataset_dir(out) / "labelsTr" / "pancreas_0001.nii.gz")))
+    assert meta_of(out)["conversion"]["source"]["label_alignment"]["cases"]["pancreas_0001"].startswith(note)
+    if offset_mm < 1:
+        np.testing.assert_array_equal(written, expected)
+
+
 def test_label_stored_as_yxz_with_header_saying_so(copy, lists, tmp_path):
     image_like = sitk.GetImageFromArray(label_by_instance()[::-1].copy())
     image_like.SetSpacing(SPACING)
@@ -405,10 +424,20 @@ def _two_series(root: Path) -> tuple[Path, str]:
     return root / "PANCREAS_0001", "several series folders"
 
 
+def _gantry_tilt(root: Path) -> tuple[Path, str]:
+    """A tilted acquisition: rows tilted 20 degrees, slice positions stepping along z only."""
+    series = series_dir_of(root, "0004")
+    shutil.rmtree(series)
+    tilt = np.deg2rad(20)
+    write_dicom_series(series, ct_by_instance(3), f"{STUDY_UID}.99",
+                       orientation=f"1\\0\\0\\0\\{np.cos(tilt):.6f}\\{-np.sin(tilt):.6f}")
+    return series, "across the slice normal (a gantry tilt"
+
+
 @pytest.mark.parametrize("break_input", [_label_spacing, _label_size, _label_value,
                                          _missing_label, _unreadable_label, _absent_case,
                                          _no_series, _unreadable_series, _corrupt_slice,
-                                         _missing_slice, _two_series])
+                                         _missing_slice, _two_series, _gantry_tilt])
 def test_errors_name_the_file(copy, lists, tmp_path, capsys, break_input):
     path, message = break_input(copy)
     out = tmp_path / "raw"
