@@ -54,6 +54,13 @@ def case_id_problem(case_id: str) -> str | None:
     return None
 
 
+def subfolders(folder: Path) -> list[Path]:
+    """The folders in ``folder``, sorted, without hidden ones (``.ipynb_checkpoints``) and the
+    ``__MACOSX`` folder macOS archives add: neither is a case, study or series."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_dir() and not p.name.startswith(".") and p.name != "__MACOSX")
+
+
 # --------------------------------------------------------------------------------------------
 # Case lists and splits
 # --------------------------------------------------------------------------------------------

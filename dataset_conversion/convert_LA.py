@@ -54,7 +54,7 @@ from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image,
                      resolve_num_labeled, resolve_output_root, shipped_list,
-                     write_dataset_json, write_image, run_converter)
+                     subfolders, write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_LA"
 CONVERTER_VERSION = "1.0"
@@ -100,7 +100,7 @@ class CaseJob:
 # --------------------------------------------------------------------------------------------
 def _kinds_in(cases_dir: Path) -> set[str]:
     """Layouts with at least one case folder holding their marker file."""
-    case_dirs = [p for p in cases_dir.iterdir() if p.is_dir()]
+    case_dirs = subfolders(cases_dir)
     return {kind for kind, marker in MARKER_FILES.items()
             if any((case_dir / marker).is_file() for case_dir in case_dirs)}
 

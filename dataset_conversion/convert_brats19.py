@@ -65,7 +65,7 @@ from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      check_label_values, check_same_grid, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image, resolve_num_labeled, resolve_output_root,
-                     shipped_list, write_dataset_json, write_image, run_converter)
+                     shipped_list, subfolders, write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_brats19"
 CONVERTER_VERSION = "1.0"
@@ -135,7 +135,7 @@ def find_cases(root: Path) -> tuple[Path, dict[str, tuple[str, Path]]]:
     for grade in GRADES:
         if not (data_root / grade).is_dir():
             continue
-        for folder in sorted(p for p in (data_root / grade).iterdir() if p.is_dir()):
+        for folder in subfolders(data_root / grade):
             if folder.name in cases:
                 raise ConversionError(f"case {folder.name} is in both {cases[folder.name][1]} "
                                       f"and {folder}")
@@ -157,7 +157,7 @@ def find_extra_cases(roots: Sequence[Path], training_cases: dict[str, tuple[str,
             raise ConversionError(f"the --extra-unlabeled folder {root} does not exist")
         for name in EXTRA_ROOT_CANDIDATES:
             data_root = root / name if name else root
-            folders = sorted(p for p in data_root.iterdir() if p.is_dir()) if data_root.is_dir() else []
+            folders = subfolders(data_root) if data_root.is_dir() else []
             if folders:
                 break
         else:
@@ -362,7 +362,8 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     data_root, cases = find_cases(root)
     split, validation, split_info = build_split(args)
     extra_roots = [Path(p).absolute() for p in args.extra_unlabeled]
-    extra = find_extra_cases(extra_roots, cases)
+    extra = {case: found for case, found in find_extra_cases(extra_roots, cases).items()
+             if case not in split.excluded}
     if extra:
         cases = {**cases, **extra}
         split = dataclasses.replace(split, unlabeled=split.unlabeled + tuple(extra))

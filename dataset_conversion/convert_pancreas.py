@@ -78,7 +78,7 @@ from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      check_label_values, check_scalar_volume,
                      dataset_folder_name, describe_list, make_split, name_files, read_case_list,
                      read_image, resolve_num_labeled, resolve_output_root,
-                     shipped_list, write_dataset_json, write_image, run_converter)
+                     shipped_list, subfolders, write_dataset_json, write_image, run_converter)
 
 CONVERTER = "nnunet_ccesemi.dataset_conversion.convert_pancreas"
 CONVERTER_VERSION = "1.0"
@@ -223,9 +223,8 @@ def find_series_dir(case_dir: Path) -> Path:
     Raises:
         ConversionError: no series folder with files, or several (the converter cannot choose).
     """
-    series_dirs = sorted(series for study in case_dir.iterdir() if study.is_dir()
-                         for series in study.iterdir()
-                         if series.is_dir() and any(f.is_file() for f in series.iterdir()))
+    series_dirs = [series for study in subfolders(case_dir) for series in subfolders(study)
+                   if any(f.is_file() for f in series.iterdir())]
     if not series_dirs:
         raise ConversionError(f"no DICOM series in {case_dir}: expected "
                               f"{case_dir.name}/<study>/<series>/*.dcm")

@@ -407,6 +407,22 @@ def test_validation_release_joins_the_unlabelled_cases(source, lists, tmp_path):
     assert meta_of(out)["ssl_split"]["unlabeled"] == TRAIN[2:] + EXTRA
 
 
+def test_extra_cases_honour_the_exclude_list_and_skip_hidden_folders(source, lists, tmp_path):
+    """A broken validation case can be excluded; editors' and archivers' folders are not cases."""
+    release = write_validation_release(tmp_path / "val_release")
+    (release / ".ipynb_checkpoints").mkdir()
+    (release / "__MACOSX" / EXTRA[0]).mkdir(parents=True)
+    broken = release / EXTRA[0] / f"{EXTRA[0]}_flair.nii.gz"
+    broken.write_bytes(b"not an image")
+    exclude = tmp_path / "exclude.list"
+    exclude.write_text(f"{EXTRA[0]}\n")
+    out = tmp_path / "raw"
+    assert convert(source, out, lists, "--extra-unlabeled", str(tmp_path / "val_release"),
+                   "--exclude-list", str(exclude)) == 0
+    assert names(dataset_dir(out) / "imagesUnlabeled") == {f"{i}_0000.nii.gz" for i in TRAIN[2:] + EXTRA[1:]}
+    assert meta_of(out)["ssl_split"]["unlabeled"] == TRAIN[2:] + EXTRA[1:]
+
+
 def _extra_case_of_the_training_data(tmp_path: Path) -> tuple[Path, str]:
     release = write_validation_release(tmp_path / "val_release", [EXTRA[0], TRAIN[0]])
     return release / TRAIN[0], "is also a case of the training data"
