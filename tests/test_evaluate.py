@@ -330,6 +330,28 @@ def test_cli_default_output_and_worker_processes(folders, capsys):
     assert json.loads((prediction_folder / "summary_ccesemi.json").read_text())["units"] == "voxel"
 
 
+def test_chill_scores_only_the_predicted_cases(folders, tmp_path, capsys):
+    """nnUNetv2_evaluate_folder's --chill: one fold's validation folder against all of labelsTr."""
+    reference_folder, prediction_folder, _ = folders
+    full = evaluate_folders(str(reference_folder), str(prediction_folder))
+    (prediction_folder / "case_1.nii.gz").unlink()
+    output = tmp_path / "summary.json"
+    out = run_main(["-ref", reference_folder, "-pred", prediction_folder, "--chill", "-o", output], capsys)
+    summary = json.loads(output.read_text())
+    assert summary["n_cases"] == full["n_cases"] - 1 and summary["n_missing_predictions"] == 0
+    assert summary["references_without_prediction"] == ["case_1"]
+    kept = [case for case in full["metric_per_case"] if case["case"] != "case_1"]
+    assert [case["case"] for case in summary["metric_per_case"]] == [case["case"] for case in kept]
+    assert summary["metric_per_case"][0]["metrics"] == to_json(kept[0]["metrics"])
+    assert "1 references have no prediction and were left out (--chill)" in out
+    with pytest.raises(SystemExit):
+        main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "--chill", "--missing-as-empty"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match=r"ERROR: no reference in .* has a prediction in .*empty"):
+        main(["-ref", str(reference_folder), "-pred", str(tmp_path / "empty"), "--chill"])
+
+
 def test_cli_errors_name_the_files(folders, tmp_path, capsys):
     reference_folder, prediction_folder, arrays = folders
     (prediction_folder / "case_1.nii.gz").unlink()

@@ -58,8 +58,13 @@ def main(argv=None) -> None:
                              "the means and counted) or zero (the papers' scripts)")
     parser.add_argument("--file-ending", default=None,
                         help="file ending of the cases (default: --dataset-json's file_ending, else .nii.gz)")
-    parser.add_argument("--missing-as-empty", action="store_true",
-                        help="score a reference without prediction as an empty prediction instead of failing")
+    missing = parser.add_mutually_exclusive_group()
+    missing.add_argument("--missing-as-empty", action="store_true",
+                         help="score a reference without prediction as an empty prediction instead of failing")
+    missing.add_argument("--chill", action="store_true",
+                         help="score only the references that have a prediction (nnUNetv2_evaluate_folder's "
+                              "--chill: one fold's validation folder against all of labelsTr); the others "
+                              "are listed in the summary")
     parser.add_argument("-o", default=None,
                         help=f"summary JSON to write (default PRED/{DEFAULT_OUTPUT_NAME})")
     parser.add_argument("-np", type=int, default=1, help="worker processes (default 1)")
@@ -76,7 +81,8 @@ def main(argv=None) -> None:
         summary = evaluate_folders(args.ref, args.pred, labels=args.l, dataset_json=args.dataset_json,
                                    units=args.units, lcc=args.lcc,
                                    empty_convention=args.empty_convention, file_ending=args.file_ending,
-                                   missing_as_empty=args.missing_as_empty, num_processes=args.np, command=command)
+                                   missing_as_empty=args.missing_as_empty, only_predicted=args.chill,
+                                   num_processes=args.np, command=command)
     except (EvaluationError, WorkerDiedError) as e:
         sys.exit(f"ERROR: {e}")
     write_summary(summary, output)

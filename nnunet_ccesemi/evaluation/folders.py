@@ -45,7 +45,8 @@ UNITS = ("voxel", "mm")
 SPACING_RTOL = 1e-4
 
 CONVENTIONS = {
-    "Dice": "2|P and R| / (|P| + |R|); 0 when exactly one mask is empty, 1.0 when both are (medpy dc)",
+    "Dice": "2|P and R| / (|P| + |R|) (medpy dc); 0 when exactly one mask is empty, 1.0 when both are (our "
+            "convention, as jc's; medpy dc and nnU-Net give NaN there, and nnU-Net leaves the case out)",
     "Jaccard": "|P and R| / |P or R|; 1.0 when both masks are empty (medpy jc)",
     "surface": "voxels removed by one erosion with connectivity 1 (face neighbours); outside the image counts "
                "as background, so objects touching the image border have surface there (medpy)",
@@ -157,13 +158,18 @@ def _read_tiff_segmentation(path: str) -> tuple[np.ndarray, Optional[tuple[float
 
 
 def match_cases(reference_folder: str, prediction_folder: str, *, file_ending: str = ".nii.gz",
-                missing_as_empty: bool = False) -> tuple[list[CasePair], list[str]]:
-    """The reference files paired with their predictions by file name, and the unmatched predictions.
+                missing_as_empty: bool = False, only_predicted: bool = False
+                ) -> tuple[list[CasePair], list[str], list[str]]:
+    """The reference files paired with their predictions by file name, the unmatched predictions and the
+    references left out for want of a prediction (``only_predicted``, nnU-Net's ``--chill``).
 
     Raises:
         EvaluationError: a folder is missing, no reference has the file ending, or a prediction is
-            missing (unless ``missing_as_empty``, which pairs it with ``None``).
+            missing (unless ``missing_as_empty``, which pairs it with ``None``, or ``only_predicted``,
+            which leaves the reference out; then no reference having a prediction is the error).
     """
+    if missing_as_empty and only_predicted:
+        raise ValueError("missing_as_empty and only_predicted exclude each other")
     for kind, folder in (("reference", reference_folder), ("prediction", prediction_folder)):
         if not isdir(folder):
             raise EvaluationError(f"{kind} folder {folder} does not exist")
@@ -172,16 +178,23 @@ def match_cases(reference_folder: str, prediction_folder: str, *, file_ending: s
     if not references:
         raise EvaluationError(f"no reference file ending in {file_ending!r} in {reference_folder}")
     missing = [f for f in references if f not in predictions]
-    if missing and not missing_as_empty:
+    if only_predicted:
+        references = [f for f in references if f in predictions]
+        if not references:
+            raise EvaluationError(f"no reference in {reference_folder} has a prediction in {prediction_folder} "
+                                  f"(file ending {file_ending!r})")
+    elif missing and not missing_as_empty:
         raise EvaluationError(
             f"{len(missing)} of {len(references)} references have no prediction in {prediction_folder}: "
             f"{join(prediction_folder, missing[0])} is missing" + (f" (and {', '.join(missing[1:4])}"
                                                                     f"{', ...' if len(missing) > 4 else ''})"
                                                                     if len(missing) > 1 else "")
-            + "; pass --missing-as-empty to score them as empty predictions")
+            + "; pass --chill to score only the cases predicted (e.g. one fold's validation folder "
+              "against all of labelsTr) or --missing-as-empty to score them as empty predictions")
     pairs = [CasePair(f[:-len(file_ending)], join(reference_folder, f),
                       join(prediction_folder, f) if f in predictions else None) for f in references]
-    return pairs, sorted(predictions.difference(references))
+    left_out = [f[:-len(file_ending)] for f in missing] if only_predicted else []
+    return pairs, sorted(predictions.difference(references)), left_out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -452,7 +465,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
                      labels: Optional[Sequence[Union[LabelOrRegion, str, list]]] = None,
                      dataset_json: Optional[str | os.PathLike] = None, units: str = "voxel", lcc: bool = False,
                      empty_convention: str = "nan", file_ending: Optional[str] = None, missing_as_empty: bool = False,
-                     num_processes: int = 1, command: Optional[str] = None) -> dict:
+                     only_predicted: bool = False, num_processes: int = 1, command: Optional[str] = None) -> dict:
     """Scores every reference case against its prediction; returns the summary (NaN where undefined).
 
     ``labels`` are labels and regions in any form :func:`resolve_labels` reads (names need
@@ -460,6 +473,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
     else to every foreground value found in the references; a label absent from both the reference
     and the prediction of a case scores as two empty masks there (Dice 1), and one absent from every case
     is listed under ``absent_labels``. ``file_ending`` defaults to ``dataset_json``'s, else ``.nii.gz``.
+    ``only_predicted`` scores only the references that have a prediction (nnU-Net's ``--chill``) and lists
+    the others under ``references_without_prediction``.
     ``command`` is recorded as given
     (the command line that asked for the evaluation).
 
@@ -477,8 +492,8 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
     dataset = load_dataset_labels(dataset_json) if dataset_json is not None else None
     labels, names = resolve_labels(labels, dataset)
     file_ending = file_ending or (dataset.file_ending if dataset is not None else None) or ".nii.gz"
-    pairs, unmatched = match_cases(reference_folder, prediction_folder, file_ending=file_ending,
-                                   missing_as_empty=missing_as_empty)
+    pairs, unmatched, left_out = match_cases(reference_folder, prediction_folder, file_ending=file_ending,
+                                             missing_as_empty=missing_as_empty, only_predicted=only_predicted)
     score = functools.partial(evaluate_case, labels=labels, units=units, lcc=lcc, empty_convention=empty_convention)
     scores = run_jobs(score, pairs, num_processes=num_processes)
     if dataset is not None and dataset.ignore_label is not None:
@@ -518,6 +533,7 @@ def evaluate_folders(reference_folder: str, prediction_folder: str, *,
         "absent_labels": [key for key, mean in means.items()
                           if mean["n_empty_prediction"] == mean["n_empty_reference"] == mean["n_cases"]],
         "unmatched_predictions": unmatched,
+        "references_without_prediction": left_out,
         "mean": means,
         "foreground_mean": {metric: _nanmean([mean[metric] for mean in means.values()]) for metric in METRICS},
         "metric_per_case": cases,
@@ -571,6 +587,9 @@ def format_table(summary: dict) -> str:
     for label in summary["absent_labels"]:
         notes.append(f"WARNING: label {label} is in no reference and no prediction of the {summary['n_cases']} "
                      f"cases: it scores Dice 1 in each and raises the foreground mean (a typo in -l?)")
+    if summary.get("references_without_prediction"):
+        notes.append(f"note: {len(summary['references_without_prediction'])} references have no prediction and "
+                     f"were left out (--chill)")
     if summary["unmatched_predictions"]:
         notes.append(f"note: {len(summary['unmatched_predictions'])} predictions have no reference and were ignored")
     return "\n".join(rows + notes)
