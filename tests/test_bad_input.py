@@ -14,7 +14,7 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from nnunet_ccesemi.data.layout import UnlabeledDataError, check_preprocessed_unlabeled, manifest_path
 from nnunet_ccesemi.data.preprocess import check_dimensionality
-from nnunet_ccesemi.training.dual_network_trainer import seed_from_environment, stream_seed
+from nnunet_ccesemi.training.seeding import seed_from_environment, stream_seed
 from tests.conftest import CONFIG, DATASET_ID, run_cli
 
 COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled -d Dataset777_Tiny -c 3d_cpu -p nnUNetPlans"

@@ -220,7 +220,7 @@ def _values_over_ranks_section(rank: int) -> dict:
 
 
 def _shared_seed_section(rank: int) -> dict:
-    from nnunet_ccesemi.training.dual_network_trainer import shared_seed
+    from nnunet_ccesemi.training.seeding import shared_seed
 
     return {"seed": shared_seed(1000 + rank)}  # each rank's own draw (nnUNet_ccesemi_seed unset)
 

@@ -258,6 +258,24 @@ def test_a_resumed_run_keeps_its_seed_unless_told_otherwise(nnunet_folders, tmp_
     assert told.seed == 7
 
 
+def test_supervised_baseline_is_seeded_like_the_dual_network_trainers(nnunet_folders, monkeypatch):
+    """nnUNetTrainerSupervised_*: the same nnUNet_ccesemi_seed gives the same initial network, and the log
+    names the seed, so that baseline rows are as repeatable as the semi-supervised ones."""
+    from nnunet_ccesemi.trainers import nnUNetTrainerSupervised_5epochs
+
+    def first_weights():
+        trainer = initialized(nnUNetTrainerSupervised_5epochs)
+        return trainer, torch.cat([p.detach().flatten() for p in trainer.network.parameters()])
+
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "11")
+    trainer, weights = first_weights()
+    assert trainer.seed == 11 and torch.equal(weights, first_weights()[1])
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "12")
+    assert not torch.equal(weights, first_weights()[1])
+    with open(trainer.log_file) as log:
+        assert "seed 11 for Python, NumPy and torch" in log.read()
+
+
 def test_a_statistic_the_resumed_configuration_no_longer_logs_is_padded(nnunet_folders):
     """nnU-Net's progress.png plots up to its shortest logger list: a statistic of the checkpoint's
     configuration left one entry short would freeze the plot at the resume epoch."""

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import os
-import random
 import warnings
 from os.path import isdir, join
 from time import perf_counter
@@ -58,8 +57,8 @@ from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_s
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
 from nnunet_ccesemi.training.diagnostics import dead_term_warnings
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
+from nnunet_ccesemi.training.seeding import SEED_VARIABLE, SeededFromEnvironment
 
-SEED_VARIABLE = "nnUNet_ccesemi_seed"
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
@@ -67,44 +66,6 @@ FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
 PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c", "reliable_fraction_r", "prototype_present_r")
 # A scheduler's lists with one entry per parameter group (LRScheduler's base_lrs, LambdaLR's lr_lambdas)
 PER_GROUP_SCHEDULER_LISTS = ("base_lrs", "lr_lambdas")
-
-
-def seed_from_environment() -> int:
-    """The seed in ``nnUNet_ccesemi_seed``, or a fresh one (nnU-Net itself never seeds: runs differ)."""
-    value = os.environ.get(SEED_VARIABLE)
-    if value is None:
-        return random.SystemRandom().randrange(2**31)
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{SEED_VARIABLE} must be an integer, got {value!r}") from None
-
-
-def shared_seed(seed: int) -> int:
-    """Rank 0's ``seed`` on every rank of an initialised process group (``seed`` itself without one).
-
-    Unset ``nnUNet_ccesemi_seed`` makes each rank draw its own seed; the log shows rank 0's, and
-    setting it must repeat the run, so every rank derives its streams from that one.
-    """
-    if not distributed_active():
-        return seed
-    shared = [seed]
-    dist.broadcast_object_list(shared, src=0)
-    return int(shared[0])
-
-
-def seed_everything(seed: int) -> None:
-    """Seeds Python's, NumPy's and torch's global generators (which nnU-Net's loaders and inits use)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def stream_seed(seed: int, rank: int, start_epoch: int) -> int:
-    """The seed of a run's random streams (initialisation, patches, augmentation): ``seed + rank`` for
-    a fresh run; a run resumed at ``start_epoch`` > 0 gets a seed of its own, so that it does not replay
-    the patches and augmentations of epoch 0."""
-    return seed + rank + 10_000 * start_epoch
 
 
 def labeled_part(output, n_labeled: int):
@@ -206,7 +167,7 @@ def split_single_group_state(state_dict: dict, group_sizes: list[int]) -> dict |
     return {**state_dict, "param_groups": [{**group, "params": params_a}, {**group, "params": params_b}]}
 
 
-class nnUNetTrainerDualNetwork(nnUNetTrainer):
+class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
     """Two networks, labelled + unlabelled batches, the objective chosen by ``method_config``."""
 
     method_config: MethodConfig = CPS_CONFIG
@@ -224,7 +185,6 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self._feature_hooks: list[DecoderFeatureHook] = []
         self._iteration_in_epoch = 0
         self._steps_this_run = 0
-        self.seed = seed_from_environment()
         self.unlabeled_folder = preprocessed_unlabeled_folder(self.preprocessed_dataset_folder_base,
                                                               self.configuration_manager.data_identifier)
 
@@ -233,10 +193,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         if self.is_cascaded:
             raise ValueError(f"{self.__class__.__name__} does not support cascade configurations "
                              f"({self.configuration_name}): unlabelled cases have no previous-stage prediction.")
-        self.seed = shared_seed(self.seed)
-        # each DDP rank its own stream of random patches, as nnU-Net's unseeded ranks have
-        seed_everything(stream_seed(self.seed, self.local_rank, 0))
-        super().initialize()
+        super().initialize()  # seeds first (SeededFromEnvironment), then nnU-Net builds network A
         config = self.method_config
         network_b = build_peer_network(self.configuration_manager, self.num_input_channels,
                                        self.label_manager.num_segmentation_heads, self.enable_deep_supervision,
@@ -262,9 +219,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
         self.print_to_log_file(
             f"nnunet_ccesemi {__version__}: network A {unwrap(self.network).__class__.__name__} "
             f"({n_params[0] / 1e6:.2f} M parameters), network B {unwrap(self.network_b).__class__.__name__} "
-            f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}\n"
-            f"seed {self.seed} for Python, NumPy and torch (set {SEED_VARIABLE}={self.seed} to repeat it; runs repeat "
-            f"exactly on the CPU with nnUNet_n_proc_DA=0)")
+            f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}")
 
     def _compile_objective(self) -> bool:
         """Compile the objective where nnU-Net compiles the networks (CUDA, ``nnUNet_compile`` not off)."""
@@ -332,9 +287,7 @@ class nnUNetTrainerDualNetwork(nnUNetTrainer):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self):
-        if self.current_epoch > 0:  # resumed (--c): reseed before nnU-Net starts the loaders
-            seed_everything(stream_seed(self.seed, self.local_rank, self.current_epoch))
-        super().on_train_start()
+        super().on_train_start()  # reseeds a resumed run first (SeededFromEnvironment)
         if self.local_rank == 0:
             for path in remove_stale_temporaries(self.output_folder):
                 self.print_to_log_file(f"removed {path}, a temporary file of an interrupted earlier run")
