@@ -5,7 +5,7 @@
 # softmax of both networks), evaluate in voxels without post-processing. One table row per prediction.
 #   usage: benchmarks/paper_protocol.sh LA_ROOT DATASET_ID [TRAINER ...]
 #     LA_ROOT: the Left Atrium 2018 data as distributed (challenge nrrd or UA-MT h5 layout)
-#     TRAINER: default nnUNetTrainer (the supervised baseline) and nnUNetTrainerCCE
+#     TRAINER: default nnUNetTrainerSupervised (nnU-Net's nnUNetTrainer, seeded) and nnUNetTrainerCCE
 #   env: DEVICE (default cuda), CONFIG (default 3d_fullres; 3d_cpu adds the CPU configuration first),
 #        LABELED (default 8), SPACING (h5 files store none; the converter's default is 0.625 mm)
 # Steps already done (converted dataset, plans, unlabelled cases, finished trainings, rows) are skipped and an
@@ -14,7 +14,7 @@
 set -euo pipefail
 root=$1; dataset=$2; shift 2
 trainers=("$@")
-[ ${#trainers[@]} -gt 0 ] || trainers=(nnUNetTrainer nnUNetTrainerCCE)
+[ ${#trainers[@]} -gt 0 ] || trainers=(nnUNetTrainerSupervised nnUNetTrainerCCE)
 config=${CONFIG:-3d_fullres}
 here=$(cd "$(dirname "$0")" && pwd)
 id=$(printf %03d "$dataset")
