@@ -74,6 +74,30 @@ def test_corrupt_unlabelled_image_is_named(tmp_path):
     check_dimensionality({"unl": [str(corrupt)]}, str(reference), NibabelIO)
 
 
+def test_unlabelled_case_with_nan_is_refused_before_anything_is_written(tmp_path):
+    """nnU-Net checks imagesTr for NaN, not imagesUnlabeled; a NaN voxel turns the z-scored case into NaN."""
+    import types
+
+    from nnunet_ccesemi.data.preprocess import preprocess_case
+
+    class PreprocessorOfAScanWithNaN:
+        def __init__(self, verbose=False):
+            pass
+
+        def run_case(self, *args):
+            data = np.full((1, 4, 5, 6), np.nan, np.float32)  # what z-scoring makes of one NaN voxel
+            return data, np.zeros((1, 4, 5, 6), np.int8), {}
+
+    configuration = types.SimpleNamespace(preprocessor_class=PreprocessorOfAScanWithNaN, patch_size=(4, 4, 4))
+    out = tmp_path / "nnUNetPlans_3d_fullres_unlabeled"
+    out.mkdir()
+    with pytest.raises(UnlabeledDataError, match=r"unlabelled case 'u7' \(.*u7_0000.nrrd\) holds NaN or infinite "
+                                                 r"values: 120 of 120 voxels"):
+        preprocess_case(str(out), "u7", [str(tmp_path / "u7_0000.nrrd")], None, configuration,
+                        {"channel_names": {"0": "CT"}})
+    assert list(out.iterdir()) == []
+
+
 def test_seed_variable_must_be_an_integer(monkeypatch):
     monkeypatch.setenv("nnUNet_ccesemi_seed", "twelve")
     with pytest.raises(ValueError, match="nnUNet_ccesemi_seed must be an integer, got 'twelve'"):

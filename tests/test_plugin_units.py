@@ -359,18 +359,35 @@ def test_shrink_patch_respects_budget_and_aspect():
     assert shrink_patch([16, 32, 32], [1, 1, 1], 32 * 64 * 64) == [16, 32, 32]
 
 
+def _cpu_test_plans(cm) -> dict:
+    source = {**cm.configuration, "patch_size": [48, 80, 96], "spacing": [1.25, 1.25, 1.25]}
+    return {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
+            "original_median_shape_after_transp": [48, 80, 96], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": source},
+            "experiment_planner_used": "x", "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {}}
+
+
+def test_add_cpu_config_prints_a_train_command_for_the_plans_it_changed(tmp_path, monkeypatch, capsys):
+    from nnunet_ccesemi.cli.add_cpu_config import main
+
+    folder = tmp_path / "Dataset001_X"
+    folder.mkdir()
+    (folder / "nnUNetResEncUNetMPlans.json").write_text(json.dumps(_cpu_test_plans(_configuration_manager())))
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    main(["-d", "Dataset001_X", "-p", "nnUNetResEncUNetMPlans"])
+    assert "Train with: nnUNetv2_train Dataset001_X 3d_cpu FOLD -tr TRAINER -p nnUNetResEncUNetMPlans" in \
+        capsys.readouterr().out
+    assert "3d_cpu" in json.loads((folder / "nnUNetResEncUNetMPlans.json").read_text())["configurations"]
+
+
 def test_cpu_configuration_is_a_valid_network():
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_ccesemi.cli.add_cpu_config import count_parameters, cpu_configuration
 
-    cm = _configuration_manager()
-    source = {**cm.configuration, "patch_size": [48, 80, 96], "spacing": [1.25, 1.25, 1.25]}
-    plans = {"dataset_name": "Dataset001_X", "plans_name": "nnUNetPlans", "original_median_spacing_after_transp": [1, 1, 1],
-             "original_median_shape_after_transp": [48, 80, 96], "image_reader_writer": "SimpleITKIO",
-             "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": source},
-             "experiment_planner_used": "x", "label_manager": "LabelManager",
-             "foreground_intensity_properties_per_channel": {}}
+    plans = _cpu_test_plans(_configuration_manager())
     plans["configurations"]["3d_cpu"] = cpu_configuration(plans, "3d_fullres", None, 32 * 64 * 64, 16, 128, 2)
     config = PlansManager(plans).get_configuration("3d_cpu")
     assert config.data_identifier == "x"  # reuses 3d_fullres' preprocessed data

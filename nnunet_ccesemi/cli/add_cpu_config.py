@@ -132,7 +132,8 @@ def main(argv=None) -> None:
     kwargs = config["architecture"]["arch_kwargs"]
     print(f"Added configuration {args.name!r} to {plans_file}: inherits {args.source}, patch {config['patch_size']}, "
           f"batch {config['batch_size']}, {kwargs['n_stages']} stages, features {kwargs['features_per_stage']}, "
-          f"{n_parameters / 1e6:.2f} M parameters. Train with: nnUNetv2_train {args.d} {args.name} FOLD -tr TRAINER")
+          f"{n_parameters / 1e6:.2f} M parameters. Train with: nnUNetv2_train {args.d} {args.name} FOLD -tr TRAINER"
+          + (f" -p {args.p}" if args.p != "nnUNetPlans" else ""))
 
 
 if __name__ == "__main__":

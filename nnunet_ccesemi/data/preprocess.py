@@ -87,6 +87,13 @@ def preprocess_case(output_folder: str, case: str, image_files: list[str], plans
         raise UnlabeledDataError(
             f"unlabelled case {case!r} ({', '.join(image_files)}) holds {data.shape[0]} channel(s); dataset.json "
             f"channel_names expects {len(dataset_json['channel_names'])}")
+    non_finite = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if non_finite:
+        # nnU-Net checks imagesTr for NaN, not imagesUnlabeled; a NaN voxel makes the normalisation's mean NaN,
+        # and the whole case would feed NaN to both networks
+        raise UnlabeledDataError(
+            f"unlabelled case {case!r} ({', '.join(image_files)}) holds NaN or infinite values: {non_finite} of "
+            f"{data.size} voxels are not finite after preprocessing. Fix or remove the image.")
     properties["class_locations"] = {}
     data = data.astype(np.float32, copy=False)
     seg = seg.astype(np.int16, copy=False)
