@@ -98,6 +98,18 @@ def test_unlabelled_case_with_nan_is_refused_before_anything_is_written(tmp_path
     assert list(out.iterdir()) == []
 
 
+def test_a_single_slice_3d_file_counts_as_2d_as_nnunet_reads_it(tmp_path):
+    """SimpleITKIO reads a 32x32 image and a 1-slice 32x32x1 volume alike; a 3D volume stays refused."""
+    two_d, one_slice, volume = tmp_path / "lab_0000.nii.gz", tmp_path / "u1_0000.nii.gz", tmp_path / "u2_0000.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((32, 32), np.float32)), str(two_d))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((1, 32, 32), np.float32)), str(one_slice))
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((3, 32, 32), np.float32)), str(volume))
+    check_dimensionality({"u1": [str(one_slice)]}, str(two_d), SimpleITKIO)
+    check_dimensionality({"lab": [str(two_d)]}, str(one_slice), SimpleITKIO)
+    with pytest.raises(UnlabeledDataError, match=r"u2_0000.nii.gz is 3D but the labelled images are 2D"):
+        check_dimensionality({"u2": [str(volume)]}, str(two_d), SimpleITKIO)
+
+
 def test_seed_variable_must_be_an_integer(monkeypatch):
     monkeypatch.setenv("nnUNet_ccesemi_seed", "twelve")
     with pytest.raises(ValueError, match="nnUNet_ccesemi_seed must be an integer, got 'twelve'"):

@@ -27,7 +27,8 @@ CASE_FILE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
 
 
 def _spatial_dimension(image_file: str) -> int | None:
-    """Number of spatial axes stored in an image file's header, or None when SimpleITK cannot tell."""
+    """Number of spatial axes of an image file as nnU-Net's ``SimpleITKIO`` reads it, or None when SimpleITK
+    cannot tell: a 3D file of a single slice is read like a 2D image (both become (1, 1, y, x))."""
     import SimpleITK as sitk
 
     reader = sitk.ImageFileReader()
@@ -36,6 +37,8 @@ def _spatial_dimension(image_file: str) -> int | None:
         reader.ReadImageInformation()
     except RuntimeError:
         return None
+    if reader.GetDimension() == 3 and reader.GetSize()[2] == 1:
+        return 2
     return reader.GetDimension()
 
 
