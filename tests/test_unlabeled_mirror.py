@@ -170,6 +170,22 @@ def test_an_interrupted_run_resumes_into_step(dataset, monkeypatch):
 
 
 @pytest.mark.integration
+def test_the_record_of_finished_cases_is_not_rewritten_after_every_case(dataset, monkeypatch):
+    """Rewriting the whole manifest per case is quadratic on large cohorts; it is saved now and then and at the end."""
+    from nnunet_ccesemi.data import preprocess
+
+    raw_unlabeled = dataset["raw"] / "imagesUnlabeled"
+    for index in range(100, 106):
+        shutil.copy(raw_unlabeled / "unl003_0000.nii.gz", raw_unlabeled / f"unl{index}_0000.nii.gz")
+    writes, real_write = [], preprocess._write_manifest
+    monkeypatch.setattr(preprocess, "_write_manifest", lambda *args: (writes.append(1), real_write(*args)))
+    assert _preprocess(dataset) == {"3d_cpu": 6}
+    assert len(writes) == 2  # once before the cases (the plan's removals), once after
+    assert set(read_manifest(str(dataset["unlabeled"]))["sources"]) >= {f"unl{i}" for i in range(100, 106)}
+    assert _training_check(dataset)[-1] == "unl105"
+
+
+@pytest.mark.integration
 def test_a_truncated_unlabelled_image_stops_preprocessing_before_anything_changes(dataset):
     raw_unlabeled = dataset["raw"] / "imagesUnlabeled"
     os.remove(raw_unlabeled / "unl000_0000.nii.gz")  # would be removed from the preprocessed folder ...

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from os.path import isfile, join
 
 import numpy as np
@@ -24,6 +25,7 @@ from nnunet_ccesemi.data.layout import (UnlabeledDataError, case_stems, complete
 from nnunet_ccesemi.parallel import WorkerDiedError, run_jobs
 
 CASE_FILE_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")
+MANIFEST_WRITE_INTERVAL_S = 10.0  # how often the record of finished cases is saved during a run
 
 
 def _spatial_dimension(image_file: str) -> int | None:
@@ -205,10 +207,17 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
         print(f"{configuration}: {len(cases)} unlabelled cases, {len(cases) - len(todo)} in step, "
               f"{len(todo)} to do -> {output_folder}")
 
+        last_write = time.monotonic()
+
         def record_source(job: tuple) -> None:
+            nonlocal last_write
             case = job[1]
             manifest["sources"][case] = source_record(cases[case])
-            _write_manifest(output_folder, manifest)
+            # rewriting the whole manifest after every case costs O(cases^2) on large cohorts; a case
+            # finished but not yet recorded when the process is killed is merely redone next time
+            if time.monotonic() - last_write >= MANIFEST_WRITE_INTERVAL_S:
+                _write_manifest(output_folder, manifest)
+                last_write = time.monotonic()
 
         jobs = [(output_folder, case, cases[case], plans_manager, configuration_manager, dataset_json)
                 for case in todo]
@@ -217,6 +226,8 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
                      description=f"Preprocessing unlabelled cases ({configuration})", on_done=record_source)
         except WorkerDiedError as e:
             raise UnlabeledDataError(f"{e}; the cases finished so far are kept and skipped.") from e
+        finally:  # also on Ctrl-C or an error: what finished is recorded
+            _write_manifest(output_folder, manifest)
         shutil.rmtree(output_folder + ".staging", ignore_errors=True)
         written[configuration] = len(todo)
     return written
