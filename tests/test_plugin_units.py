@@ -64,7 +64,7 @@ def test_every_trainer_the_docs_name_exists():
     nnunet_own = {"nnUNetTrainer", "nnUNetTrainer_1epoch", "nnUNetTrainer_5epochs", "nnUNetTrainerAdam",
                   "nnUNetTrainerCCEE"}  # nnUNetTrainerCCEE: the troubleshooting table's typo example
     docs = [REPO_ROOT / "README.md", REPO_ROOT / "benchmarks" / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
-    named = {name for doc in docs for name in re.findall(r"`(nnUNetTrainer\w*)", doc.read_text())}
+    named = {name for doc in docs for name in re.findall(r"`(nnUNetTrainer\w*)", doc.read_text(encoding="utf-8"))}
     missing = sorted(name for name in named - nnunet_own
                      if not name.endswith("_") and "__" not in name and not hasattr(trainers, name))
     assert not missing, f"the docs name trainers that do not exist: {missing}"
@@ -495,7 +495,7 @@ def test_every_cli_help_reads_cleanly(capsys):
     """Each console script's --help description (the paragraph after the usage) has no reST markup left."""
     import importlib
     import re
-    setup_text = (REPO_ROOT / "setup.py").read_text()
+    setup_text = (REPO_ROOT / "setup.py").read_text(encoding="utf-8")
     scripts = re.findall(r'"(nnUNetv2_ccesemi_\w+) = ([\w.]+):main"', setup_text)
     assert len(scripts) >= 12
     for script, module in scripts:
