@@ -49,7 +49,6 @@ from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlab
 from nnunet_ccesemi.data.stream import make_unlabeled_stream
 from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, last_decoder_stage,
                                    merge_sequential_stats)
-from nnunet_ccesemi.losses.distributed import distributed_active
 from nnunet_ccesemi.losses.regions import RegionLayout
 from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
 from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
