@@ -223,6 +223,14 @@ SPACING_XYZ = (0.8, 0.6, 2.0)  # SimpleITK order; arrays are (z, y, x)
 SPACING_ZYX = SPACING_XYZ[::-1]
 
 
+def empty_folders(tmp_path):
+    """``tmp_path/labels`` and ``tmp_path/pred``, created empty."""
+    folders = tmp_path / "labels", tmp_path / "pred"
+    for folder in folders:
+        folder.mkdir()
+    return folders
+
+
 def write(path, array, spacing_xyz=SPACING_XYZ):
     image = sitk.GetImageFromArray(array.astype(np.uint8))
     image.SetSpacing(spacing_xyz)
@@ -232,9 +240,7 @@ def write(path, array, spacing_xyz=SPACING_XYZ):
 @pytest.fixture
 def folders(tmp_path):
     """Three cases with labels 1 and 2; case 2 predicts no label 2 and an island of label 1."""
-    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
-    reference_folder.mkdir()
-    prediction_folder.mkdir()
+    reference_folder, prediction_folder = empty_folders(tmp_path)
     shape = (12, 24, 20)
     arrays = {}
     for i in range(3):
@@ -451,9 +457,7 @@ def region_volume(row) -> np.ndarray:
 @pytest.fixture
 def region_folders(tmp_path):
     """A nested 3-label case (BraTS-like: 1 inside 2 inside 3 as regions) and a perfectly predicted one."""
-    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
-    reference_folder.mkdir()
-    prediction_folder.mkdir()
+    reference_folder, prediction_folder = empty_folders(tmp_path)
     reference, prediction = region_volume(REGION_REFERENCE_ROW), region_volume(REGION_PREDICTION_ROW)
     write(reference_folder / "case_0.nii.gz", reference)
     write(prediction_folder / "case_0.nii.gz", prediction)
@@ -522,9 +526,7 @@ def test_cli_regions_largest_component_of_the_region_mask(region_folders, tmp_pa
 
 def test_cli_file_ending_from_dataset_json(tmp_path, capsys):
     """A .nrrd dataset: the dataset.json that names the labels also gives the files' ending."""
-    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
-    reference_folder.mkdir()
-    prediction_folder.mkdir()
+    reference_folder, prediction_folder = empty_folders(tmp_path)
     reference = np.zeros((4, 8, 8), np.uint8)
     reference[1:3, 2:6, 2:6] = 1
     write(reference_folder / "case1.nrrd", reference)
@@ -541,9 +543,7 @@ def test_tiff_distances_in_mm_use_nnunets_spacing_file(tmp_path, capsys):
     """nnU-Net's Tiff3DIO keeps a TIFF's spacing in <case>.json; ITK would read the TIFF at 1 mm."""
     from nnunetv2.imageio.tif_reader_writer import Tiff3DIO
 
-    reference_folder, prediction_folder = tmp_path / "labels", tmp_path / "pred"
-    reference_folder.mkdir()
-    prediction_folder.mkdir()
+    reference_folder, prediction_folder = empty_folders(tmp_path)
     reference = np.zeros((8, 8, 8), np.uint8)
     reference[2:5, 2:6, 2:6] = 1
     spacing = {"spacing": [3.0, 1.0, 1.0]}  # (z, y, x), as nnU-Net's TIFF datasets store it

@@ -587,7 +587,7 @@ def format_table(summary: dict) -> str:
     for label in summary["absent_labels"]:
         notes.append(f"WARNING: label {label} is in no reference and no prediction of the {summary['n_cases']} "
                      f"cases: it scores Dice 1 in each and raises the foreground mean (a typo in -l?)")
-    if summary.get("references_without_prediction"):
+    if summary["references_without_prediction"]:
         notes.append(f"note: {len(summary['references_without_prediction'])} references have no prediction and "
                      f"were left out (--chill)")
     if summary["unmatched_predictions"]:
