@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
-from nnunet_ccesemi.cli.demo import demo_spec
+from nnunet_ccesemi.cli import demo as demo_module
+from nnunet_ccesemi.cli.demo import WORKDIR_MARKER, demo_spec, prepare_workdir
+from nnunet_ccesemi.cli.demo import main as demo_main
 from nnunet_ccesemi.data.synthetic import SyntheticSpec, Variation, synthetic_case, write_synthetic_dataset
 
 
@@ -32,3 +36,36 @@ def test_demo_cohort_varies_more_than_its_labelled_cases(tmp_path):
         return float(np.ptp(volumes))
 
     assert radius_spread("labelsTs") > radius_spread("labelsTr")  # organ sizes range wider in the cohort
+
+
+def test_demo_overwrite_deletes_only_a_folder_the_demo_made(tmp_path):
+    users_folder = tmp_path / "my_scans"
+    users_folder.mkdir()
+    (users_folder / "case_0000.nii.gz").write_bytes(b"precious")
+    with pytest.raises(ValueError, match="refuses to delete .*my_scans"):
+        prepare_workdir(str(users_folder), overwrite=True)
+    assert (users_folder / "case_0000.nii.gz").read_bytes() == b"precious"
+    with pytest.raises(ValueError, match="pass --overwrite"):
+        prepare_workdir(str(users_folder), overwrite=False)
+
+    workdir = tmp_path / "demo"
+    prepare_workdir(str(workdir), overwrite=False)
+    (workdir / "nnUNet_results").mkdir()
+    (workdir / "anything the demo wrote").write_text("x")
+    prepare_workdir(str(workdir), overwrite=True)  # marked: deleted and made again
+    assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_MARKER]
+
+    earlier_demo = tmp_path / "old_demo"  # made before the marker existed: only the demo's folders
+    (earlier_demo / "nnUNet_raw").mkdir(parents=True)
+    prepare_workdir(str(earlier_demo), overwrite=True)
+    assert sorted(p.name for p in earlier_demo.iterdir()) == [WORKDIR_MARKER]
+
+
+def test_demo_refuses_a_bad_dataset_id_and_names_a_failed_step(tmp_path, monkeypatch, capsys):
+    with pytest.raises(SystemExit):
+        demo_main(["--workdir", str(tmp_path / "demo"), "--dataset-id", "1000"])
+    assert "--dataset-id must be between 1 and 999" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
+    monkeypatch.setattr(demo_module, "command_path", lambda name: "false")
+    with pytest.raises(demo_module.DemoStepFailed, match="nnUNetv2_plan_and_preprocess exited with status 1"):
+        demo_module.run(["nnUNetv2_plan_and_preprocess", "-d", "990"], env=dict(os.environ))

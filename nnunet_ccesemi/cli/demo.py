@@ -18,6 +18,10 @@ import time
 from os.path import join
 
 DEFAULT_TRAINERS = ("nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCCE_5epochs")
+# Written into every --workdir the demo creates: --overwrite deletes only a folder that holds it (or only
+# the demo's own folders), never a folder of the user's that happens to be named as the workdir.
+WORKDIR_MARKER = ".ccesemi_demo"
+DEMO_ENTRIES = {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", WORKDIR_MARKER}
 
 
 def demo_spec():
@@ -34,15 +38,43 @@ def demo_spec():
                          noise_range=(0.5, 0.8)))
 
 
+def prepare_workdir(workdir: str, overwrite: bool) -> None:
+    """Creates ``workdir`` (marked as the demo's); with ``overwrite`` first deletes an earlier demo's.
+
+    Raises:
+        ValueError: ``workdir`` exists and ``overwrite`` is off, or it is not a folder the demo made.
+    """
+    if os.path.lexists(workdir):
+        if not overwrite:
+            raise ValueError(f"{workdir} exists; pass --overwrite to start again or choose another --workdir")
+        entries = set(os.listdir(workdir)) if os.path.isdir(workdir) and not os.path.islink(workdir) else None
+        if entries is None or not (WORKDIR_MARKER in entries or entries <= DEMO_ENTRIES):
+            raise ValueError(
+                f"--overwrite refuses to delete {workdir}: it is not a folder the demo made (no {WORKDIR_MARKER} "
+                f"file, and it holds more than {', '.join(sorted(DEMO_ENTRIES - {WORKDIR_MARKER}))}); "
+                f"choose another --workdir")
+        shutil.rmtree(workdir)
+    os.makedirs(workdir)
+    with open(join(workdir, WORKDIR_MARKER), "w") as marker:
+        marker.write("made by nnUNetv2_ccesemi_demo; --overwrite may delete this folder\n")
+
+
 def command_path(name: str) -> str:
     """A console script of this environment (next to the interpreter), else from PATH."""
     local = join(os.path.dirname(sys.executable), name)
     return local if os.path.exists(local) else (shutil.which(name) or name)
 
 
+class DemoStepFailed(RuntimeError):
+    """A command of the demo exited with an error (its own output says why)."""
+
+
 def run(args: list[str], env: dict) -> None:
     print(f"\n$ {' '.join(args)}", flush=True)
-    subprocess.run([command_path(args[0]), *args[1:]], env=env, check=True)
+    completed = subprocess.run([command_path(args[0]), *args[1:]], env=env)
+    if completed.returncode != 0:
+        raise DemoStepFailed(f"{args[0]} exited with status {completed.returncode} (its output is above): "
+                             f"{' '.join(args)}")
 
 
 def holds_network_b(model_folder: str) -> bool:
@@ -59,21 +91,31 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0].replace("``", ""))
     parser.add_argument("--workdir", default="ccesemi_demo",
                         help="folder for nnUNet_raw/_preprocessed/_results of the demo (default ./ccesemi_demo)")
-    parser.add_argument("--dataset-id", type=int, default=990)
+    parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset ID, 1-999 (default 990)")
     parser.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
                         help=f"trainers to compare (default {' '.join(DEFAULT_TRAINERS)})")
     parser.add_argument("--configuration", default="3d_cpu")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--overwrite", action="store_true", help="delete an existing --workdir first")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="delete an existing --workdir of an earlier demo first (never another folder)")
     args = parser.parse_args(argv)
-
-    from nnunet_ccesemi.data.synthetic import write_synthetic_dataset
+    if not 1 <= args.dataset_id <= 999:
+        parser.error(f"--dataset-id must be between 1 and 999 (nnU-Net's DatasetXXX), got {args.dataset_id}")
 
     workdir = os.path.abspath(args.workdir)
-    if os.path.exists(workdir):
-        if not args.overwrite:
-            parser.error(f"{workdir} exists; pass --overwrite to start again or choose another --workdir")
-        shutil.rmtree(workdir)
+    try:
+        prepare_workdir(workdir, args.overwrite)
+    except (ValueError, OSError) as error:
+        parser.error(str(error))
+    try:
+        run_demo(args, workdir)
+    except DemoStepFailed as error:
+        sys.exit(f"ERROR: the demo stopped: {error}")
+
+
+def run_demo(args: argparse.Namespace, workdir: str) -> None:
+    from nnunet_ccesemi.data.synthetic import write_synthetic_dataset
+
     env = dict(os.environ)
     for variable in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         env[variable] = join(workdir, variable)
