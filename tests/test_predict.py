@@ -195,6 +195,40 @@ def test_sequential_parts_and_continuing_with_maps(trained_cce, both_with_maps, 
     assert (workers / "uncertainty" / f"{cases[0]}_disagreement.nii.gz").is_file()
     assert (workers / f"{cases[0]}.nii.gz").stat().st_mtime_ns != kept[cases[0]]
     assert all((workers / f"{case}.nii.gz").stat().st_mtime_ns == kept[case] for case in cases[1:])
+    # ... and one whose segmentation an interrupted export left truncated (nnU-Net would keep it)
+    truncated = workers / f"{cases[1]}.nii.gz"
+    truncated.write_bytes(truncated.read_bytes()[:-40])
+    kept = {case: (workers / f"{case}.nii.gz").stat().st_mtime_ns for case in cases}
+    _predict(planned, workers, "--save_probabilities", "--uncertainty", "--continue_prediction")
+    assert (workers / f"{cases[0]}.nii.gz").stat().st_mtime_ns == kept[cases[0]]
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(truncated))).any()
+
+
+def test_a_case_counts_as_predicted_only_with_complete_outputs(tmp_path):
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+    predictor = DualNetworkPredictor(networks="both", uncertainty_folder=str(tmp_path / "uncertainty"),
+                                     device=torch.device("cpu"))
+    predictor.dataset_json = {"file_ending": ".nii.gz"}
+    (tmp_path / "uncertainty").mkdir()
+    case = str(tmp_path / "la001")
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((4, 5, 6), np.uint8)), case + ".nii.gz")
+    np.savez_compressed(case + ".npz", probabilities=np.random.default_rng(0).random((2, 4, 5, 6)))
+    for name in ("entropy", "disagreement"):
+        (tmp_path / "uncertainty" / f"la001_{name}.nii.gz").write_bytes(b"written atomically")
+    assert predictor._case_is_done(case, save_probabilities=True)
+
+    (tmp_path / "uncertainty" / "la001_disagreement.nii.gz").unlink()
+    assert not predictor._case_is_done(case, save_probabilities=True)
+    predictor.uncertainty_folder = None  # no maps asked for
+    assert predictor._case_is_done(case, save_probabilities=True)
+    for path, damage in ((case + ".npz", lambda b: b[:-30]), (case + ".nii.gz", lambda b: b[:-20])):
+        intact = Path(path).read_bytes()
+        Path(path).write_bytes(damage(intact))
+        assert not predictor._case_is_done(case, save_probabilities=True), path
+        Path(path).write_bytes(intact)
+    Path(case + ".npz").unlink()
+    assert predictor._case_is_done(case, save_probabilities=False)
+    assert not predictor._case_is_done(case, save_probabilities=True)
 
 
 def _arguments(*extra):
@@ -222,16 +256,65 @@ def test_prediction_defaults_follow_nnunets_environment(monkeypatch):
     assert (args.npp, args.nps, args.num_parts, args.part_id) == (5, 3, 1, 0)
 
 
+def _model_with_two_channels(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "dataset.json").write_text('{"file_ending": ".nii.gz", "channel_names": {"0": "T1", "1": "T2"}}')
+    return model
+
+
+def _image(path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((4, 5, 6), np.float32)), str(path))
+
+
 def test_input_folder_without_images_in_the_models_naming(tmp_path):
     from nnunet_ccesemi.cli.predict import check_input_files
     from nnunet_ccesemi.image_files import ImageFileError
-    model, images = tmp_path / "model", tmp_path / "images"
-    model.mkdir(), images.mkdir()
-    (model / "dataset.json").write_text('{"file_ending": ".nii.gz"}')
+    model, images = _model_with_two_channels(tmp_path), tmp_path / "images"
+    images.mkdir()
     (images / "case_0000.nrrd").write_bytes(b"")
-    (images / "case.nii.gz").write_bytes(b"")
-    with pytest.raises(ImageFileError, match=rf"no images named <case>_0000.nii.gz in {re.escape(str(images))}"):
+    (images / "notes.txt").write_text("other endings are passed over, as by nnUNetv2_predict")
+    with pytest.raises(ImageFileError, match=rf"{re.escape(str(images))} holds no <case>_<XXXX>.nii.gz \(e.g."):
         check_input_files(str(images), str(model))
+    for channel in (0, 1):
+        _image(images / f"la001_{channel:04d}.nii.gz")
+    check_input_files(str(images), str(model))
+    # a label beside the images: nnU-Net would make it a case with an empty ID and crash mid-run
+    _image(images / "la001.nii.gz")
+    with pytest.raises(ImageFileError, match=r"not named <case>_<XXXX>.nii.gz .*: la001.nii.gz"):
+        check_input_files(str(images), str(model))
+    (images / "la001.nii.gz").unlink()
+    _image(images / "la002_0000.nii.gz")  # a case without its second channel
+    with pytest.raises(ImageFileError, match=r"case 'la002' .* has channel files _0000; .* expects exactly "
+                                             r"_0000 \(T1\), _0001 \(T2\)"):
+        check_input_files(str(images), str(model))
+
+
+def test_output_folder_must_be_a_folder_other_than_the_input(tmp_path):
+    from nnunet_ccesemi.cli.predict import check_output_folder
+    images = tmp_path / "images"
+    images.mkdir()
+    with pytest.raises(ValueError, match="is the input folder -i"):
+        check_output_folder(str(images), str(images))
+    with pytest.raises(ValueError, match="is the input folder -i"):
+        check_output_folder(str(images), str(tmp_path / "." / "images") + "/")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match=r"-o .*a_file exists and is not a folder"):
+        check_output_folder(str(images), str(tmp_path / "a_file"))
+    check_output_folder(str(images), str(tmp_path / "new"))
+    check_output_folder(str(tmp_path / "missing"), str(images))  # a missing -i is reported by the input check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
+def test_default_cuda_device_without_a_gpu_is_refused_up_front(tmp_path):
+    from nnunet_ccesemi.cli.predict import check_device
+    with pytest.raises(ValueError, match="torch finds no CUDA GPU on this machine; pass -device cpu"):
+        check_device("cuda")
+    check_device("cpu")
+    result = run_cli(["nnUNetv2_ccesemi_predict", "-i", str(tmp_path), "-o", str(tmp_path / "out"), "-d", "1",
+                      "-c", "3d_fullres"], {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, check=False)
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "pass -device cpu" in result.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_damaged_checkpoint_is_named(tmp_path):

@@ -145,3 +145,29 @@ def test_rank_unlabeled_refuses_bad_input_and_writes_nothing(trained_cce, tmp_pa
     torch.save(checkpoint, checkpoint_file)
     result = _rank(planned, "-o", str(output), check=False)
     assert result.returncode != 0 and "holds no network B" in result.stderr and not output.exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["-step_size", "0"], r"-step_size must be in \(0, 1\], got 0.0"),
+    (["-step_size", "2"], r"-step_size must be in \(0, 1\], got 2.0"),
+    (["-npp", "0"], "-npp must be at least 1, got 0"),
+    (["--top", "0"], "--top must be at least 1"),
+    (["-o", "{file}/sub/ranking.csv"], r"a_file is a file, not a folder"),
+    (["-o", "{tmp}"], r"is a folder; give the CSV file to write"),
+])
+def test_rank_arguments_refused_before_the_model_loads(extra, message, tmp_path):
+    from nnunet_ccesemi.cli.rank_unlabeled import build_parser, check_arguments
+    (tmp_path / "a_file").write_text("")
+    extra = [value.format(file=tmp_path / "a_file", tmp=tmp_path) for value in extra]
+    args = build_parser().parse_args(["-d", "1", "-tr", "nnUNetTrainerCCE", "-device", "cpu", *extra])
+    with pytest.raises(ValueError, match=message):
+        check_arguments(args)
+
+
+def test_rank_csv_in_a_folder_still_to_be_made_is_accepted(tmp_path, monkeypatch):
+    from nnunet_ccesemi.cli.rank_unlabeled import build_parser, check_arguments
+    monkeypatch.setenv("nnUNet_npp", "2")
+    args = build_parser().parse_args(["-d", "1", "-tr", "nnUNetTrainerCCE", "-device", "cpu",
+                                      "-o", str(tmp_path / "new" / "deeper" / "ranking.csv")])
+    check_arguments(args)
+    assert args.npp == 2 and not (tmp_path / "new").exists()

@@ -1,6 +1,7 @@
 """``nnUNetv2_ccesemi_predict``: predict with both networks of a dual-network trainer (the paper's way).
 
-The flags are nnUNetv2_predict's (same defaults), plus ``--networks`` and ``--uncertainty``.
+The flags are nnUNetv2_predict's, with the same defaults but ``-tr`` (``nnUNetTrainerCCE``), plus ``--networks``
+and ``--uncertainty``.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 import torch
 
 from nnunet_ccesemi.cli.plans import fold, trained_model_folder
+from nnunet_ccesemi.data.layout import UnlabeledDataError, find_cases
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 from nnunet_ccesemi.inference.predictor import NETWORK_CHOICES
 
@@ -88,19 +90,39 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def check_input_files(input_folder: str, model_folder: str) -> None:
-    """Refuse an input folder without images in the model's naming, and a truncated input image
-    (ITK would read it as zeros), before any prediction is written."""
+    """Refuse what nnU-Net would stumble over after predictions were written: no images in the model's
+    naming, a file with the model's ending that is not ``<case>_XXXX`` (nnU-Net would take it for a case
+    with an empty ID), a case without all the model's channels, a truncated image (ITK would read it as
+    zeros). Files with other endings are passed over, as by nnUNetv2_predict."""
     with open(os.path.join(model_folder, "dataset.json")) as f:
-        file_ending = json.load(f)["file_ending"]
-    if not os.path.isdir(input_folder):
-        raise ImageFileError(f"the input folder {input_folder} does not exist")
-    images = [name for name in sorted(os.listdir(input_folder))
-              if re.fullmatch(r".+_\d{4}" + re.escape(file_ending), name)]
-    if not images:
-        raise ImageFileError(f"no images named <case>_0000{file_ending} in {input_folder} (the model's "
-                             f"dataset.json has file_ending {file_ending!r})")
-    for name in images:
-        check_image_file(os.path.join(input_folder, name), "input image")
+        dataset_json = json.load(f)
+    try:
+        cases = find_cases(input_folder, dataset_json, "input", other_endings_allowed=True)
+    except UnlabeledDataError as error:
+        raise ImageFileError(str(error).rstrip(".")) from None
+    for files in cases.values():
+        for path in files:
+            check_image_file(path, "input image")
+
+
+def check_output_folder(input_folder: str, output_folder: str) -> None:
+    """-o must be a folder (or not exist yet) other than -i: predictions written among the input images
+    would be read as cases by the next run."""
+    if os.path.exists(output_folder) and not os.path.isdir(output_folder):
+        raise ValueError(f"-o {output_folder} exists and is not a folder")
+    if os.path.isdir(output_folder) and os.path.isdir(input_folder) and os.path.samefile(output_folder, input_folder):
+        raise ValueError(f"-o {output_folder} is the input folder -i: the segmentations would land among the "
+                         f"images (and be read as cases next time); choose another output folder")
+
+
+def check_device(device: str) -> None:
+    """Refuse a -device that torch cannot use here, before anything is loaded or written."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("-device cuda (the default), but torch finds no CUDA GPU on this machine; "
+                         "pass -device cpu")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("-device mps, but torch's MPS backend is not available on this machine; "
+                         "pass -device cpu")
 
 
 def sequential_inputs(input_folder: str, file_ending: str, num_parts: int, part_id: int) -> str | list[list[str]]:
@@ -117,6 +139,8 @@ def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
         check_arguments(args)
+        check_output_folder(args.i, args.o)
+        check_device(args.device)
     except ValueError as e:
         sys.exit(f"ERROR: {e}")
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor

@@ -17,6 +17,7 @@ import time
 from os.path import join
 
 from nnunet_ccesemi.cli.plans import dataset_name, fold, trained_model_folder
+from nnunet_ccesemi.cli.predict import _env_int, check_device
 from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, network_grid_spacing, rank, score_case
 
 COLUMNS = ("rank", "case", *SCORES, "foreground_voxels", "empty_foreground")
@@ -49,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=10, help="rows of the ranking to print (default 10)")
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
-    parser.add_argument("-npp", type=int, default=3, help="preprocessing processes (default 3)")
+    parser.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+                        help="preprocessing processes (default $nnUNet_npp or 3)")
     parser.add_argument("-device", choices=("cuda", "cpu", "mps"), default="cuda", help="default cuda")
     return parser
 
@@ -79,12 +81,32 @@ def print_top(scores_by_case: dict[str, dict], order: list[str], score: str, top
     print(f"(sorted by {score}, most informative first)")
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """What would otherwise fail after the model is loaded, or after hours of inference (the CSV's folder)."""
+    if args.top < 1:
+        raise ValueError("--top must be at least 1")
+    if args.npp < 1:
+        raise ValueError(f"-npp must be at least 1, got {args.npp}")
+    if not 0 < args.step_size <= 1:
+        raise ValueError(f"-step_size must be in (0, 1], got {args.step_size}")
+    if os.path.isdir(args.o):
+        raise ValueError(f"-o {args.o} is a folder; give the CSV file to write, e.g. {join(args.o, 'ranking.csv')}")
+    folder = os.path.dirname(os.path.abspath(args.o))
+    while not os.path.exists(folder):  # the folder is made later; its nearest existing parent must allow it
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise ValueError(f"-o {args.o}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"-o {args.o}: the folder {folder} is not writable")
+    check_device(args.device)
+
+
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    if args.top < 1:
-        sys.exit("ERROR: --top must be at least 1")
-    if os.path.isdir(args.o):
-        sys.exit(f"ERROR: -o {args.o} is a folder; give the CSV file to write, e.g. {join(args.o, 'ranking.csv')}")
+    try:
+        check_arguments(args)
+    except ValueError as e:
+        sys.exit(f"ERROR: {e}")
 
     import torch
     from nnunetv2.paths import nnUNet_raw
@@ -135,7 +157,7 @@ def main(argv=None) -> None:
     started = time.perf_counter()
     progress = tqdm(total=len(case_ids), desc="Ranking cases", unit="case")
     for case, properties, probs_a, probs_b in predictor.probabilities_per_case(
-            [cases[c] for c in case_ids], case_ids, max(1, min(args.npp, len(case_ids)))):
+            [cases[c] for c in case_ids], case_ids, min(args.npp, len(case_ids))):
         spacing = network_grid_spacing(properties, predictor.configuration_manager.spacing, plans.transpose_forward)
         scores_by_case[case] = score_case(probs_a, probs_b, float(torch.tensor(spacing).prod()),
                                           regions=predictor.label_manager.has_regions)

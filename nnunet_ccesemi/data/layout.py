@@ -90,9 +90,12 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
     return cases
 
 
-def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str]]:
+def find_cases(folder: str, dataset_json: dict, role: str, *, other_endings_allowed: bool = False
+               ) -> dict[str, list[str]]:
     """Map each case ID of an image folder in nnU-Net's input layout to its channel files, in channel order;
-    ``role`` names the images in errors ("unlabelled", "input").
+    ``role`` names the images in errors ("unlabelled", "input"). ``other_endings_allowed``: files that do not
+    end in the dataset's ``file_ending`` are passed over (as ``nnUNetv2_predict`` passes them over) instead
+    of refused.
 
     Raises:
         UnlabeledDataError: folder missing or empty (or holding folders instead of images); a file not
@@ -115,6 +118,8 @@ def find_cases(folder: str, dataset_json: dict, role: str) -> dict[str, list[str
             continue
         if isdir(join(folder, name)):
             subfolders.append(name)
+            continue
+        if other_endings_allowed and not name.endswith(file_ending):
             continue
         match = pattern.fullmatch(name)
         if match is None:

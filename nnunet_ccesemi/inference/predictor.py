@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import zipfile
 from os.path import basename, join
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -37,6 +38,7 @@ from torch._dynamo import OptimizedModule
 
 from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
+from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 from nnunet_ccesemi.inference.map_export import write_float_map
 from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
@@ -178,9 +180,11 @@ class DualNetworkPredictor(nnUNetPredictor):
     def _manage_input_and_output_lists(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                                        folder_with_segs_from_prev_stage=None, overwrite: bool = True, part_id: int = 0,
                                        num_parts: int = 1, save_probabilities: bool = False):
-        """nnU-Net's list of cases to predict; with ``--continue_prediction`` and uncertainty maps, a case
-        whose maps are missing is predicted again too (nnU-Net would skip it for its segmentation)."""
-        if overwrite or self.uncertainty_folder is None:
+        """nnU-Net's list of cases to predict. With ``--continue_prediction`` a case counts as done only when
+        its outputs are complete: nnU-Net checks that the files exist, but its export writes them in place,
+        so a run stopped mid-export leaves a truncated segmentation (or ``.npz``) that it would keep; a case
+        whose uncertainty maps are missing is predicted again too."""
+        if overwrite:
             return super()._manage_input_and_output_lists(
                 list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
                 folder_with_segs_from_prev_stage, overwrite, part_id, num_parts, save_probabilities)
@@ -190,17 +194,28 @@ class DualNetworkPredictor(nnUNetPredictor):
         if outputs is None:
             return inputs, outputs, previous
         todo = [i for i, output in enumerate(outputs) if not self._case_is_done(output, save_probabilities)]
-        print(f"--continue_prediction: {len(todo)} of {len(outputs)} cases lack their segmentation"
-              f"{', probabilities' if save_probabilities else ''} or uncertainty maps")
+        missing = ", probabilities" if save_probabilities else ""
+        missing += " or uncertainty maps" if self.uncertainty_folder is not None else ""
+        print(f"--continue_prediction: {len(todo)} of {len(outputs)} cases lack a complete segmentation{missing}")
         return [inputs[i] for i in todo], [outputs[i] for i in todo], [previous[i] for i in todo]
 
     def _case_is_done(self, output_truncated: str, save_probabilities: bool) -> bool:
-        expected = [output_truncated + self.dataset_json["file_ending"]]
-        expected += [output_truncated + ".npz"] if save_probabilities else []
-        ending = self._map_ending()
-        expected += [join(self.uncertainty_folder, f"{basename(output_truncated)}_{name}{ending}")
-                     for name in self._map_names()]
-        return all(os.path.isfile(path) for path in expected)
+        complete = [output_truncated + self.dataset_json["file_ending"]]
+        if self.uncertainty_folder is not None:  # written atomically: present means complete
+            ending = self._map_ending()
+            if not all(os.path.isfile(join(self.uncertainty_folder, f"{basename(output_truncated)}_{name}{ending}"))
+                       for name in self._map_names()):
+                return False
+        try:
+            for path in complete:
+                check_image_file(path, "segmentation")
+            if save_probabilities:
+                with zipfile.ZipFile(output_truncated + ".npz") as archive:
+                    if archive.testzip() is not None:
+                        return False
+        except (ImageFileError, OSError, zipfile.BadZipFile):
+            return False
+        return True
 
     def _map_names(self) -> tuple[str, ...]:
         return ("entropy", "disagreement") if self.networks == "both" else ("entropy",)
