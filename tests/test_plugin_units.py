@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -380,6 +381,37 @@ def test_add_cpu_config_prints_a_train_command_for_the_plans_it_changed(tmp_path
     assert "Train with: nnUNetv2_train Dataset001_X 3d_cpu FOLD -tr TRAINER -p nnUNetResEncUNetMPlans" in \
         capsys.readouterr().out
     assert "3d_cpu" in json.loads((folder / "nnUNetResEncUNetMPlans.json").read_text())["configurations"]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--patch", "0", "0", "0"], "--patch 0 0 0: every axis needs at least 8 voxels"),
+    (["--patch", "-4", "32", "32"], "every axis needs at least 8 voxels"),
+    (["--max-voxels", "0"], "--max-voxels must be at least 64, got 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--base-features", "0"], "--base-features must be at least 1, got 0"),
+    (["--base-features", "32", "--max-features", "16"], r"--max-features \(16\) must be at least --base-features"),
+    (["--name", "3d_fullres", "--overwrite"], "--name '3d_fullres' would inherit from itself"),
+    (["--name", "3d_fullres", "--source", "3d_cpu", "--overwrite"],
+     r"would inherit from itself \(--source '3d_cpu' is 3d_cpu <- 3d_fullres\)"),
+    (["--name", "3d_cpu", "--overwrite"], "'3d_cpu' is inherited by 3d_cpu2; replacing it would change them too"),
+])
+def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, message, tmp_path, monkeypatch, capsys):
+    from nnunet_ccesemi.cli.add_cpu_config import main
+
+    folder = tmp_path / "Dataset001_X"
+    folder.mkdir()
+    plans = _cpu_test_plans(_configuration_manager())
+    plans["configurations"]["3d_cpu"] = {"inherits_from": "3d_fullres", "batch_size": 2}
+    plans["configurations"]["3d_cpu2"] = {"inherits_from": "3d_cpu", "batch_size": 1}
+    (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}))
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    before = (folder / "nnUNetPlans.json").read_bytes()
+    with pytest.raises(SystemExit):
+        main(["-d", "Dataset001_X", *extra])
+    error = capsys.readouterr().err
+    assert re.search(message, error), error
+    assert (folder / "nnUNetPlans.json").read_bytes() == before
 
 
 def test_cpu_configuration_is_a_valid_network():

@@ -81,6 +81,41 @@ def _resolved(plans: dict, name: str) -> dict:
     return config
 
 
+MIN_PATCH = 8  # two resolution stages at least: nnU-Net's topology keeps feature maps of 4 voxels or more
+
+
+def size_problem(args: argparse.Namespace) -> str | None:
+    """Why the sizes asked for cannot make a network, or None (checked before the plans are touched)."""
+    if args.patch is not None and min(args.patch) < MIN_PATCH:
+        return f"--patch {' '.join(map(str, args.patch))}: every axis needs at least {MIN_PATCH} voxels"
+    if args.max_voxels < MIN_PATCH ** 2:
+        return f"--max-voxels must be at least {MIN_PATCH ** 2}, got {args.max_voxels}"
+    for flag, value in (("--base-features", args.base_features), ("--batch-size", args.batch_size)):
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.max_features < args.base_features:
+        return f"--max-features ({args.max_features}) must be at least --base-features ({args.base_features})"
+    return None
+
+
+def inheritance_problem(plans: dict, name: str, source: str) -> str | None:
+    """Why configuration ``name`` cannot become a child of ``source``, or None: it would inherit from
+    itself, or replace a configuration that others inherit from (their data and network would change)."""
+    configurations = plans["configurations"]
+    chain, current = [], source
+    while current in configurations and current not in chain:
+        chain.append(current)
+        current = configurations[current].get("inherits_from")
+    if name in chain:
+        return (f"--name {name!r} would inherit from itself (--source {source!r} is {' <- '.join(chain)}); "
+                f"choose another --name")
+    children = sorted(other for other, config in configurations.items() if config.get("inherits_from") == name)
+    if children:
+        return (f"configuration {name!r} is inherited by {', '.join(children)}; replacing it would change them "
+                f"too; choose another --name")
+    return None
+
+
 def count_parameters(plans: dict, configuration: str, dataset_json: dict) -> int:
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -112,6 +147,9 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=2, help="batch size (default 2)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing configuration of that name")
     args = parser.parse_args(argv)
+    problem = size_problem(args)
+    if problem:
+        parser.error(problem)
 
     try:
         plans, dataset_json, plans_file = load_plans(args.d, args.p)
@@ -119,6 +157,9 @@ def main(argv=None) -> None:
         parser.error(str(e))
     if args.name in plans["configurations"] and not args.overwrite:
         parser.error(f"configuration {args.name!r} already exists in {plans_file}; pass --overwrite to replace it")
+    problem = inheritance_problem(plans, args.name, args.source)
+    if problem:
+        parser.error(f"{plans_file}: {problem}")
     try:
         plans["configurations"][args.name] = cpu_configuration(
             plans, args.source, args.patch, args.max_voxels, args.base_features, args.max_features, args.batch_size)
