@@ -5,6 +5,7 @@ The README's troubleshooting table lists every class of bad input and where it i
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -51,8 +52,17 @@ def test_unlabelled_cases_made_with_other_plans_are_refused(tmp_path):
 
 
 def test_unlabelled_folder_without_manifest_is_refused(tmp_path):
-    with pytest.raises(UnlabeledDataError, match="is missing, so the plans of .* are unknown"):
+    with pytest.raises(UnlabeledDataError, match="is missing or unreadable, so the plans of .* are unknown"):
         _check(_preprocessed_folder(tmp_path, fingerprint=None))
+
+
+@pytest.mark.parametrize("content", [b'{"fingerprint": "abc", "sources": {', b"[1, 2]", b"\xff\xfe not UTF-8"])
+def test_unlabelled_folder_with_an_unreadable_manifest_is_refused(tmp_path, content):
+    from nnunet_ccesemi.data.layout import manifest_path
+    folder = _preprocessed_folder(tmp_path)
+    Path(manifest_path(folder)).write_bytes(content)
+    with pytest.raises(UnlabeledDataError, match="is missing or unreadable, so the plans of .* are unknown"):
+        _check(folder)
 
 
 def test_interrupted_unlabelled_preprocessing_is_named(tmp_path):

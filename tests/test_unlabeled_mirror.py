@@ -199,6 +199,21 @@ def test_a_truncated_unlabelled_image_stops_preprocessing_before_anything_change
     assert sorted(os.listdir(dataset["unlabeled"])) == before  # ... but nothing was touched
 
 
+@pytest.mark.integration
+def test_preprocessing_without_its_inputs_names_what_is_missing(dataset):
+    before = sorted(os.listdir(dataset["unlabeled"]))
+    shutil.move(dataset["raw"] / "imagesTr", dataset["raw"] / "imagesTr.elsewhere")
+    with pytest.raises(UnlabeledDataError, match=r"Dataset777_\w+/imagesTr not found: the unlabelled preprocessing "
+                                                 r"needs the raw dataset"):
+        _preprocess(dataset)
+    shutil.move(dataset["raw"] / "imagesTr.elsewhere", dataset["raw"] / "imagesTr")
+    os.remove(dataset["preprocessed"] / "dataset.json")
+    with pytest.raises(UnlabeledDataError, match=r"Dataset777_\w+/dataset.json not found .* Run "
+                                                 r"`nnUNetv2_plan_and_preprocess -d 777`"):
+        _preprocess(dataset)
+    assert sorted(os.listdir(dataset["unlabeled"])) == before
+
+
 def test_training_without_the_raw_folder_says_which_check_it_skipped(tmp_path, monkeypatch):
     from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
 

@@ -176,12 +176,17 @@ def completed_cases(unlabeled_folder: str) -> set[str]:
 
 
 def read_manifest(unlabeled_folder: str) -> dict | None:
-    """The manifest of a preprocessed unlabelled folder, or None when there is none."""
+    """The manifest of a preprocessed unlabelled folder, or None when there is none or it cannot be read
+    (edited by hand, or damaged): either way the folder's plans and sources are unknown."""
     path = manifest_path(unlabeled_folder)
     if not isfile(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):  # ValueError: invalid JSON or UTF-8
+        return None
+    return manifest if isinstance(manifest, dict) else None
 
 
 def file_sha256(path: str) -> str:
@@ -282,8 +287,8 @@ def check_preprocessed_unlabeled(unlabeled_folder: str, fingerprint: str, datase
             f"imagesUnlabeled/ of the raw dataset).")
     manifest = read_manifest(unlabeled_folder)
     if manifest is None:
-        raise UnlabeledDataError(f"{manifest_path(unlabeled_folder)} is missing, so the plans of {unlabeled_folder} "
-                                 f"are unknown. Run `{command}` again.")
+        raise UnlabeledDataError(f"{manifest_path(unlabeled_folder)} is missing or unreadable, so the plans of "
+                                 f"{unlabeled_folder} are unknown. Run `{command}` again.")
     recorded = manifest.get("fingerprint")
     if recorded != fingerprint:
         raise UnlabeledDataError(

@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from os.path import isfile, join
+from os.path import isdir, isfile, join
 
 import numpy as np
 
@@ -158,7 +158,12 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     if not isfile(plans_file):
         raise UnlabeledDataError(f"Plans file {plans_file} not found. Run `nnUNetv2_plan_and_preprocess -d "
                                  f"{dataset_name_or_id}` (and -pl/-p for custom plans) first.")
-    with open(join(preprocessed_folder, "dataset.json")) as f:
+    dataset_json_file = join(preprocessed_folder, "dataset.json")
+    if not isfile(dataset_json_file):
+        raise UnlabeledDataError(f"{dataset_json_file} not found (nnU-Net's preprocessing copies it there). Run "
+                                 f"`nnUNetv2_plan_and_preprocess -d {dataset_name_or_id}` (or nnUNetv2_preprocess) "
+                                 f"again.")
+    with open(dataset_json_file) as f:
         dataset_json = json.load(f)
 
     plans_manager = PlansManager(plans_file)
@@ -166,6 +171,9 @@ def preprocess_unlabeled(dataset_name_or_id: str | int, configurations: list[str
     if unknown:  # all of them before any is preprocessed
         raise UnlabeledDataError(f"Configuration {', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} "
                                  f"not in {plans_file}; available: {plans_manager.available_configurations}.")
+    if "dataset" not in dataset_json and not isdir(join(raw_folder, "imagesTr")):
+        raise UnlabeledDataError(f"{join(raw_folder, 'imagesTr')} not found: the unlabelled preprocessing needs the "
+                                 f"raw dataset (its labelled cases, and imagesUnlabeled beside them) on this machine.")
     labeled = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
     if not labeled:
         raise UnlabeledDataError(f"No labelled cases in {join(raw_folder, 'imagesTr')}: the unlabelled images are "
@@ -242,7 +250,7 @@ def _start_or_reset(output_folder: str, recorded: dict | None, fingerprint: str)
     elif recorded is None and os.path.isdir(output_folder) and os.listdir(output_folder):
         # no manifest: plans and sources unknown, so the cases cannot be trusted (derived data only)
         print(f"{output_folder} has no record of the plans and raw files it was made from "
-              f"({os.path.basename(manifest_path(output_folder))} is missing); preprocessing it again.")
+              f"({os.path.basename(manifest_path(output_folder))} is missing or unreadable); preprocessing it again.")
         shutil.rmtree(output_folder)
     os.makedirs(output_folder, exist_ok=True)
 
