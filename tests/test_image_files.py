@@ -197,7 +197,7 @@ def test_the_prediction_cli_refuses_a_truncated_input_before_writing(tmp_path):
 
     model = tmp_path / "model"
     model.mkdir()
-    (model / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz"}))
+    (model / "dataset.json").write_text(json.dumps({"file_ending": ".nii.gz", "channel_names": {"0": "CT"}}))
     inputs = tmp_path / "in"
     inputs.mkdir()
     for case in ("a", "b"):
@@ -206,6 +206,20 @@ def test_the_prediction_cli_refuses_a_truncated_input_before_writing(tmp_path):
     _truncate(inputs / "b_0000.nii.gz", 500)
     with pytest.raises(ImageFileError, match=r"the input image .*b_0000\.nii\.gz is damaged"):
         check_input_files(str(inputs), str(model))
+
+
+@pytest.mark.parametrize("content", ['{"channel_names": {"0": "CT"}}', "{not json", "[]"])
+def test_check_dataset_names_a_dataset_json_without_file_ending(content, tmp_path, monkeypatch):
+    import nnunetv2.paths
+
+    from nnunet_ccesemi.cli.check_dataset import main
+
+    (tmp_path / "Dataset779_X").mkdir()
+    (tmp_path / "Dataset779_X" / "dataset.json").write_text(content)
+    monkeypatch.setattr(nnunetv2.paths, "nnUNet_raw", str(tmp_path))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    with pytest.raises(SystemExit, match=r"Dataset779_X/dataset.json is not a dataset.json with a \"file_ending\""):
+        main(["-d", "Dataset779_X"])
 
 
 @pytest.mark.integration

@@ -53,8 +53,12 @@ def main(argv=None) -> None:
     folder = join(os.fspath(nnUNet_raw), name)
     if not isfile(join(folder, "dataset.json")):
         sys.exit(f"ERROR: {join(folder, 'dataset.json')} not found: is {folder} a raw nnU-Net dataset?")
-    with open(join(folder, "dataset.json")) as f:
-        file_ending = json.load(f)["file_ending"]
+    try:
+        with open(join(folder, "dataset.json"), encoding="utf-8") as f:
+            file_ending = json.load(f)["file_ending"]
+    except (ValueError, KeyError, TypeError) as e:  # not JSON, or no file_ending in it
+        sys.exit(f"ERROR: {join(folder, 'dataset.json')} is not a dataset.json with a \"file_ending\" "
+                 f"(e.g. \".nii.gz\"): {type(e).__name__}: {e}")
     checked, problems = damaged_files(folder, file_ending, progress=True)
     if not checked:
         sys.exit(f"ERROR: no {file_ending} files in {', '.join(FOLDERS)} of {folder}")
