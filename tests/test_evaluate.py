@@ -411,11 +411,15 @@ def test_cli_refuses_truncated_segmentation_and_writes_no_summary(folders, tmp_p
 
 def test_cli_refuses_a_bad_output_path_before_scoring(folders, tmp_path):
     reference_folder, prediction_folder, _ = folders
-    for output, reason in [(tmp_path, r" \(it is a folder\)$"), (tmp_path / "no" / "s.json", "$")]:
-        with pytest.raises(SystemExit, match=rf"^ERROR: -o {re.escape(str(output))} must be a JSON file in an "
+    a_prediction = prediction_folder / "case_1.nii.gz"
+    kept = a_prediction.read_bytes()
+    for output, reason in [(tmp_path, r" \(it is a folder\)$"), (tmp_path / "no" / "s.json", "$"), (a_prediction, "$")]:
+        with pytest.raises(SystemExit, match=rf"^ERROR: -o {re.escape(str(output))} must be a \.json file in an "
                                              rf"existing folder{reason}"):
             main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "-o", str(output)])
-    assert not (tmp_path / "no").exists()
+    assert not (tmp_path / "no").exists() and a_prediction.read_bytes() == kept
+    with pytest.raises(SystemExit, match=r"^ERROR: -np must be at least 1, got 0"):
+        main(["-ref", str(reference_folder), "-pred", str(prediction_folder), "-np", "0"])
 
 
 def test_la_eval_wrapper_keeps_its_line(folders, capsys):

@@ -104,6 +104,7 @@ def test_cli_prints_a_row_per_trainer_and_leaves_results_alone(planned_dataset):
     (["-c", "3d_nonexistent"], "configuration '3d_nonexistent' is not in .*nnUNetPlans.json; it has .*3d_cpu"),
     (["-p", "nnUNetResEncPlans"], "no plans file .*nnUNetResEncPlans.json: run nnUNetv2_plan_and_preprocess"),
     (["-tr", "nnUNetTrainerCCEE"], "ERROR: Could not find requested nnunet trainer nnUNetTrainerCCEE"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
 ])
 def test_cli_bad_input_is_named(planned_dataset, args, message):
     import re

@@ -34,6 +34,8 @@ def main(argv=None) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="labelled batch size (default: the plans')")
     parser.add_argument("--fp32", action="store_true", help="no AMP (nnU-Net on the CPU, or a GPU without AMP)")
     args = parser.parse_args(argv)
+    if args.batch_size is not None and args.batch_size < 1:
+        parser.error(f"--batch-size must be at least 1, got {args.batch_size}")
 
     import torch
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name

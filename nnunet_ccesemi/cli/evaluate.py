@@ -73,10 +73,13 @@ def main(argv=None) -> None:
     command = shlex.join([os.path.basename(sys.argv[0]) if argv is None else "nnUNetv2_ccesemi_evaluate",
                           *(sys.argv[1:] if argv is None else argv)])
     output = args.o or join(args.pred, DEFAULT_OUTPUT_NAME)
-    if args.o is not None and (isdir(args.o) or not isdir(dirname(abspath(args.o)))):
-        # refuse before the scoring, which can take minutes
-        sys.exit(f"ERROR: -o {args.o} must be a JSON file in an existing folder"
+    if args.o is not None and (isdir(args.o) or not isdir(dirname(abspath(args.o)))
+                               or not args.o.lower().endswith(".json")):
+        # refuse before the scoring, which can take minutes (and never write JSON over a segmentation)
+        sys.exit(f"ERROR: -o {args.o} must be a .json file in an existing folder"
                  + (" (it is a folder)" if isdir(args.o) else ""))
+    if args.np < 1:
+        sys.exit(f"ERROR: -np must be at least 1, got {args.np}")
     try:
         summary = evaluate_folders(args.ref, args.pred, labels=args.l, dataset_json=args.dataset_json,
                                    units=args.units, lcc=args.lcc,
