@@ -136,7 +136,8 @@ def blobby_pair(draw):
     return masks[0], masks[1], spacing
 
 
-@settings(max_examples=50, deadline=None)
+# derandomize: CI keeps no example database, so a failing example must come back on the next run
+@settings(max_examples=50, deadline=None, derandomize=True)
 @given(blobby_pair())
 def test_property_blobby_masks_match_medpy(pair):
     prediction, reference, spacing = pair

@@ -381,7 +381,8 @@ def objective_cases(draw):
     return num_classes, spatial, n_labeled, n_unlabeled, scale, dtype, config, seed
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI keeps no example database, so a failing example must come back on the next run
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(objective_cases())
 def test_property_objective_is_finite_with_finite_gradients(case):
     num_classes, spatial, n_labeled, n_unlabeled, scale, dtype, config_name, seed = case

@@ -336,7 +336,8 @@ def region_cases(draw):
     return layout, spatial, n_labeled, n_unlabeled, scale, dtype, config, ignore, draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI keeps no example database, so a failing example must come back on the next run
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 @given(region_cases())
 def test_property_region_objective_is_finite_with_finite_gradients(case):
     layout, spatial, n_labeled, n_unlabeled, scale, dtype, config, ignore, seed = case
