@@ -15,11 +15,19 @@ from nnunet_ccesemi.losses import (
     DecoderFeatureHook,
     DualNetworkObjective,
     batch_quantile,
+    class_prototypes,
+    confident_disagreement_loss,
+    cosine_consistency,
     joint_pseudo_labels,
+    kl_weighted_cross_pseudo_supervision,
     masked_cross_entropy,
-    normalized_entropy,
-    reliable_mask,
     merge_sequential_stats,
+    normalized_entropy,
+    normalized_entropy_from_logits,
+    prototype_infonce_loss,
+    prototype_l2_loss,
+    reliable_mask,
+    sample_uncertain_voxels,
 )
 from nnunet_ccesemi.losses import objective as objective_module
 from nnunet_ccesemi.losses.ramps import ramp_weights
@@ -230,6 +238,75 @@ def test_entropy_filter_term_matches_the_functions_and_uses_constant_pseudo_labe
     torch.testing.assert_close(gradient_b, expected_b)
     assert gradient_a[:n].abs().sum() == 0  # the labelled rows take no part in term 3
     torch.testing.assert_close(stats["reliable_fraction"], reliable.float().mean())
+
+
+# Non-default values of every switch the objective passes on, so that a hard-coded default shows.
+SWITCHED = dict(entropy_quantile=0.35, disagreement_confidence=0.7, contrast_temperature=0.3,
+                contrast_sample_fraction=1.0, contrast_max_samples_per_class=10**6)
+
+
+def expected_terms(config, batch, num_classes, contrast_weight):
+    """Every term of ``config`` from the standalone functions, on the graph of the batch's leaves."""
+    n = batch["n_labeled"]
+    logits = {"a": batch["logits_a"], "b": batch["logits_b"]}
+    probs = {net: torch.softmax(value, 1) for net, value in logits.items()}
+    unlabeled = {net: value[n:].detach() for net, value in logits.items()}
+    entropy = {net: normalized_entropy_from_logits(value) for net, value in unlabeled.items()}
+    own = {net: value.argmax(1) for net, value in unlabeled.items()}
+    if config.reliability_rule == "global":
+        reliable = reliable_mask(entropy["a"], entropy["b"], batch_quantile(entropy["a"], config.entropy_quantile),
+                                 batch_quantile(entropy["b"], config.entropy_quantile))
+    else:
+        reliable = torch.zeros_like(entropy["a"], dtype=torch.bool)
+        for net in ("a", "b"):
+            thresholds = quantile_of_each_class(entropy[net], own[net], num_classes, config.entropy_quantile)
+            reliable |= entropy[net] <= thresholds[own[net]]
+    pseudo_labels = joint_pseudo_labels(unlabeled["a"], unlabeled["b"], entropy["a"], entropy["b"],
+                                        config.pseudo_label_rule)
+    terms = {"cosine": cosine_consistency(probs["a"], probs["b"])}
+    for net, peer in (("a", "b"), ("b", "a")):
+        terms[f"disagreement_{net}"] = confident_disagreement_loss(
+            probs[net][:n], probs["a"][:n].detach(), probs["b"][:n].detach(), batch["target_labeled"],
+            config.disagreement_confidence)
+        terms[f"entropy_filter_{net}"] = masked_cross_entropy(logits[net][n:], pseudo_labels, reliable)
+        if config.kl_direction == "both" or net == "b":
+            terms[f"cps_{net}"] = kl_weighted_cross_pseudo_supervision(
+                logits[net], logits[peer], detach_weight=config.detach_kl_weight)[0]
+        features = batch[f"features_{net}"][n:]
+        prototypes, present = class_prototypes(features, pseudo_labels, reliable, num_classes, normalize_voxels=True)
+        samples, labels = sample_uncertain_voxels(features, own[net], ~reliable, 1.0, 10**6,
+                                                  num_classes=num_classes, compact=True)
+        samples = F.normalize(samples, dim=1)
+        terms[f"contrast_{net}"] = (
+            prototype_infonce_loss(samples, labels, prototypes, present, config.contrast_temperature)
+            if config.contrast_loss == "infonce" else prototype_l2_loss(samples, labels, prototypes, present))
+    total = (config.disagreement_weight * (terms["disagreement_a"] + terms["disagreement_b"])
+             + config.entropy_filter_weight * (terms["entropy_filter_a"] + terms["entropy_filter_b"])
+             + config.cps_weight * sum(value for key, value in terms.items() if key.startswith("cps_"))
+             + config.cosine_weight * terms["cosine"]
+             + contrast_weight * (terms["contrast_a"] + terms["contrast_b"]))
+    return terms, total
+
+
+@pytest.mark.parametrize("config", [CCE_CONFIG.replace(**SWITCHED), CCE_RELEASED_CODE_CONFIG.replace(**SWITCHED)],
+                         ids=["cce", "released"])
+def test_each_term_and_gradient_is_that_of_its_function_under_the_configured_switches(config):
+    """The softmax objective against the standalone functions, with every switch away from its default: the
+    released code's global rule, union labels, A->B only, attached KL weight and l2 prototypes included."""
+    batch = make_batch(SHAPES["3d-c4"])
+    leaves = ("logits_a", "logits_b", "features_a", "features_b")
+    _, loss, stats = run_objective(config, batch, unsup_weight=1.0, contrast_weight=0.1)
+    gradients = torch.autograd.grad(loss, [batch[name] for name in leaves])
+    terms, expected_total = expected_terms(config, batch, 4, contrast_weight=0.1)
+    expected_gradients = torch.autograd.grad(expected_total, [batch[name] for name in leaves])
+
+    assert set(terms) == {key for key in stats if key in terms}
+    for key, value in terms.items():
+        torch.testing.assert_close(stats[key], value.detach(), msg=key)
+    assert all(stats[key] > 0 for key in terms), {key: stats[key] for key in terms}
+    torch.testing.assert_close(loss, expected_total)
+    for name, gradient, expected in zip(leaves, gradients, expected_gradients):
+        torch.testing.assert_close(gradient, expected, msg=name)
 
 
 def test_a_to_b_trains_network_b_only():
