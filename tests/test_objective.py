@@ -370,7 +370,10 @@ def test_absent_class_is_finite():
             batch[f"logits_{net}"][:, 3] -= 50.0  # class 3 is never predicted
     batch["target_labeled"].clamp_(max=2)
     _, loss, stats = run_objective(CCE_CONFIG, batch)
-    assert stats["num_prototypes"] <= 3
+    assert stats["prototype_present_c3"] == 0 and stats["num_prototypes"] == 3
+    for key in ("entropy_threshold_a_c3", "entropy_threshold_b_c3", "reliable_fraction_c3"):
+        assert torch.isnan(stats[key]), key
+    assert all(torch.isfinite(stats[f"reliable_fraction_c{c}"]) for c in range(3))
     loss.backward()
     assert torch.isfinite(loss)
     assert_finite_gradients(batch)
@@ -383,6 +386,11 @@ def test_low_precision_inputs(dtype, shape_name):
     _, loss, stats = run_objective(CCE_CONFIG, batch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(torch.isfinite(value) for value in stats.values())
+    # computed in float32 from the low-precision values: the same as on those values cast first
+    as_float32 = {key: value.detach().float().requires_grad_() if torch.is_tensor(value) and value.is_floating_point()
+                  else value for key, value in batch.items()}
+    _, loss_float32, _ = run_objective(CCE_CONFIG, as_float32)
+    torch.testing.assert_close(loss, loss_float32)
     loss.backward()
     assert batch["logits_a"].grad.dtype == dtype and batch["features_a"].grad.dtype == dtype
     assert_finite_gradients(batch)
@@ -399,6 +407,13 @@ def test_batches_without_one_half(n_labeled):
     assert torch.isfinite(loss)
     assert ("agreement" in stats) == (n_labeled == 0)
     assert ("disagreement_a" in stats) == (n_labeled > 0)
+    if n_labeled:  # labelled rows only: the disagreement term and the two networks' shared terms
+        expected = CCE_CONFIG.disagreement_weight * (stats["disagreement_a"] + stats["disagreement_b"]) + \
+            stats["cps_a"] + stats["cps_b"] + stats["cosine"]
+        torch.testing.assert_close(loss.detach(), expected)
+        assert "entropy_filter_a" not in stats and "contrast_a" not in stats
+    else:
+        assert stats["entropy_filter_a"] > 0 and stats["reliable_fraction"] > 0
 
 
 def test_ignore_label_in_targets():

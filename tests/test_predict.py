@@ -168,7 +168,10 @@ def test_mean_of_both_networks_with_uncertainty_maps(trained_cce, both_with_maps
         entropy = sitk.GetArrayFromImage(entropy)
         expected = predictive_entropy(torch.from_numpy(mean)).numpy()
         np.testing.assert_allclose(entropy, expected, atol=1e-4)
-        assert (sitk.GetArrayFromImage(disagreement) >= 0).all()
+        expected = symmetric_kl(torch.from_numpy(_probabilities(outputs["a"], case)),
+                                torch.from_numpy(_probabilities(outputs["b"], case))).numpy()
+        assert expected.max() > 1e-3  # two networks that do disagree somewhere: a map of zeros would not pass
+        np.testing.assert_allclose(sitk.GetArrayFromImage(disagreement), expected, atol=1e-4, rtol=1e-3)
     # nothing but segmentations where evaluation tools look
     assert sorted(p.name for p in outputs["both"].glob("*.nii.gz")) == \
         sorted(p.name.replace("_0000", "") for p in (planned["raw"] / "imagesTs").iterdir())

@@ -258,6 +258,66 @@ def test_a_resumed_run_keeps_its_seed_unless_told_otherwise(nnunet_folders, tmp_
     assert told.seed == 7
 
 
+def not_initialized(trainer_class):
+    return trainer_class(plans={**copy.deepcopy(PLANS), "continue_training": False}, configuration="2d", fold=0,
+                         dataset_json=DATASET_JSON, device=torch.device("cpu"))
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCPS_5epochs"])
+def test_resume_goes_on_with_the_checkpoints_seed_and_logs_only_that_one(trainer_name, nnunet_folders, tmp_path,
+                                                                         monkeypatch):
+    """nnUNetv2_train --c builds a fresh trainer and loads the checkpoint into it: the log's seed line must
+    name the checkpoint's seed (the one the run goes on with), for the baseline as for CPS/CCE."""
+    import nnunet_ccesemi.trainers as trainers
+
+    monkeypatch.delenv("nnUNet_ccesemi_seed", raising=False)
+    trainer_class = getattr(trainers, trainer_name)
+    trainer = initialized(trainer_class)
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    assert torch.load(path, map_location="cpu", weights_only=False)["seed"] == trainer.seed
+    resumed = not_initialized(trainer_class)
+    fresh_draw = resumed.seed
+    resumed.load_checkpoint(path)  # initialises, as nnU-Net's --c does
+    assert resumed.seed == trainer.seed != fresh_draw
+    with open(resumed.log_file) as log:
+        text = log.read()
+    assert f"continuing with the checkpoint's seed {trainer.seed}" in text
+    assert f"seed {trainer.seed} for Python, NumPy and torch" in text and f"seed {fresh_draw} " not in text
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCCE_5epochs"])
+def test_checkpoints_hold_nnunets_keys_and_are_written_atomically(trainer_name, nnunet_folders, tmp_path,
+                                                                   monkeypatch):
+    """Stock nnU-Net (predictor, --c, export) reads its own keys: a key a newer nnU-Net adds must show here.
+    A save that dies mid-write leaves the previous checkpoint as it was."""
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+    import nnunet_ccesemi.trainers as trainers
+
+    trainer = initialized(getattr(trainers, trainer_name))
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    stock, ours = str(folder / "stock.pth"), str(folder / "ours.pth")
+    nnUNetTrainer.save_checkpoint(trainer, stock)
+    trainer.save_checkpoint(ours)
+    stock_keys = set(torch.load(stock, map_location="cpu", weights_only=False))
+    assert stock_keys <= set(torch.load(ours, map_location="cpu", weights_only=False))
+
+    before = open(ours, "rb").read()
+
+    def dies_mid_write(obj, filename):
+        with open(filename, "wb") as f:
+            f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(ours)
+    assert open(ours, "rb").read() == before
+    assert sorted(p.name for p in folder.iterdir()) == ["ours.pth", "stock.pth"]  # no temporary left
+
+
 def test_supervised_baseline_is_seeded_like_the_dual_network_trainers(nnunet_folders, monkeypatch):
     """nnUNetTrainerSupervised_*: the same nnUNet_ccesemi_seed gives the same initial network, and the log
     names the seed, so that baseline rows are as repeatable as the semi-supervised ones."""

@@ -1,7 +1,8 @@
 """The dual-network trainer base: nnU-Net's trainer with a second network and an unlabelled stream.
 
 Everything nnU-Net does for one network (planning, augmentation, deep supervision, SGD with the poly
-schedule, AMP, ``torch.compile``, DDP, validation, checkpoints) it does here for two:
+schedule, AMP, ``torch.compile``, DDP, checkpoints) it does here for two; validation (the pseudo Dice,
+``checkpoint_best``, the final validation) stays on network A, the network nnU-Net's tools load:
 
 * network A is the network nnU-Net plans (``build_network_architecture``), the one the stock
   predictor loads from ``network_weights``; network B comes from the same plans
@@ -51,12 +52,12 @@ from nnunet_ccesemi.losses import (DecoderFeatureHook, DualNetworkObjective, las
                                    merge_sequential_stats)
 from nnunet_ccesemi.losses.regions import RegionLayout
 from nnunet_ccesemi.losses.ramps import ramp_weights, unsupervised_rampup_length
-from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, atomic_torch_save, check_dual_network_checkpoint,
+from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, check_dual_network_checkpoint,
                                                 check_peer_network_matches)
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
 from nnunet_ccesemi.training.diagnostics import dead_term_warnings
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
-from nnunet_ccesemi.training.seeding import SEED_VARIABLE, SeededFromEnvironment
+from nnunet_ccesemi.training.seeding import SeededFromEnvironment
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
@@ -545,52 +546,24 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
         self._feature_hooks = []
 
     # ------------------------------------------------------------------ checkpoints
-    def save_checkpoint(self, filename: str) -> None:
-        if self.local_rank != 0:
-            return
-        if self.disable_checkpointing:
-            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
-            return
-        checkpoint = {
-            "network_weights": unwrap(self.network).state_dict(),
+    def checkpoint_contents(self) -> dict:
+        return {
+            **super().checkpoint_contents(),
             PEER_WEIGHTS_KEY: unwrap(self.network_b).state_dict(),
             "objective_state": self.objective.state_dict(),
-            "optimizer_state": self.optimizer.state_dict(),
-            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
-            "logging": self.logger.get_checkpoint(),
-            "_best_ema": self._best_ema,
-            "current_epoch": self.current_epoch + 1,
-            "init_args": self.my_init_kwargs,
-            "trainer_name": self.__class__.__name__,
-            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
             "method_config": self.method_config.as_dict(),
-            "seed": self.seed,
-            "ccesemi_version": __version__,
         }
-        atomic_torch_save(checkpoint, filename)
-
-    def _resume_seed(self, saved_seed: int | None) -> None:
-        """A resumed run goes on with the seed of the run it continues (the one its log names), unless
-        ``nnUNet_ccesemi_seed`` asks for another."""
-        if saved_seed is None or saved_seed == self.seed:
-            return
-        if SEED_VARIABLE in os.environ:
-            self.print_to_log_file(f"the checkpoint's run used seed {saved_seed}; continuing with "
-                                   f"{SEED_VARIABLE}={self.seed}")
-        else:
-            self.seed = saved_seed
-            self.print_to_log_file(f"continuing with the checkpoint's seed {saved_seed} "
-                                   f"({SEED_VARIABLE}={saved_seed} repeats the run)")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         if not isinstance(filename_or_checkpoint, str):
             raise TypeError(f"{self.__class__.__name__}.load_checkpoint expects a file name (nnU-Net's loader "
                             f"cannot take a checkpoint dict), got {type(filename_or_checkpoint).__name__}")
-        if not self.was_initialized:
-            self.initialize()
         # on the CPU: nnU-Net's loader puts its own copy on the device; ours only feeds B and the banks
         checkpoint = torch.load(filename_or_checkpoint, map_location="cpu", weights_only=False)
         check_dual_network_checkpoint(checkpoint, filename_or_checkpoint, self.__class__.__name__)
+        self.resume_seed(checkpoint.get("seed"))
+        if not self.was_initialized:
+            self.initialize()
         check_peer_network_matches(checkpoint, filename_or_checkpoint, self.method_config, self.__class__.__name__,
                                    self.configuration_manager)
         # nnunet_ccesemi <= 0.2 saved one parameter group over both networks: split it as A's and B's
@@ -605,7 +578,6 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             {k[7:] if k.startswith("module.") else k: v for k, v in checkpoint[PEER_WEIGHTS_KEY].items()})
         if checkpoint.get("objective_state") is not None:
             self.objective.load_state_dict(checkpoint["objective_state"])
-        self._resume_seed(checkpoint.get("seed"))
         saved_config = checkpoint.get("method_config")
         if saved_config is not None and saved_config != self.method_config.as_dict():
             self.print_to_log_file(f"WARNING: the checkpoint was trained with another method configuration: "

@@ -53,9 +53,17 @@ def stream_seed(seed: int, rank: int, start_epoch: int) -> int:
     return seed + rank + 10_000 * start_epoch
 
 
+def saved_seed(checkpoint_file: str) -> int | None:
+    """The seed a checkpoint's run used (None for nnU-Net's own checkpoints); the tensors are only mapped,
+    not read."""
+    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
+    return checkpoint.get("seed")
+
+
 class SeededFromEnvironment:
     """Mix in before an nnU-Net trainer class: the run is seeded from ``nnUNet_ccesemi_seed`` before the
-    networks are built, reseeded when ``--c`` resumes it, and the seed is written to the training log."""
+    networks are built, the seed is written to the training log and to every checkpoint (written atomically,
+    so a kill mid-save leaves the previous one), and ``--c`` goes on with the checkpoint's seed."""
 
     # nnU-Net derives its saved init kwargs from this exact signature: keep it unchanged
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -75,3 +83,52 @@ class SeededFromEnvironment:
         if self.current_epoch > 0:  # resumed (--c): reseed before nnU-Net starts the loaders
             seed_everything(stream_seed(self.seed, self.local_rank, self.current_epoch))
         super().on_train_start()
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_contents(self) -> dict:
+        """What a checkpoint holds: nnU-Net's keys (its predictor and ``--c`` read them), the seed and the
+        plugin's version."""
+        from nnunet_ccesemi import __version__
+        from nnunet_ccesemi.training.networks import unwrap
+
+        return {
+            "network_weights": unwrap(self.network).state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "grad_scaler_state": self.grad_scaler.state_dict() if self.grad_scaler is not None else None,
+            "logging": self.logger.get_checkpoint(),
+            "_best_ema": self._best_ema,
+            "current_epoch": self.current_epoch + 1,
+            "init_args": self.my_init_kwargs,
+            "trainer_name": self.__class__.__name__,
+            "inference_allowed_mirroring_axes": self.inference_allowed_mirroring_axes,
+            "seed": self.seed,
+            "ccesemi_version": __version__,
+        }
+
+    def save_checkpoint(self, filename: str) -> None:
+        from nnunet_ccesemi.training.checkpoint import atomic_torch_save
+
+        if self.local_rank != 0:
+            return
+        if self.disable_checkpointing:
+            self.print_to_log_file("No checkpoint written, checkpointing is disabled")
+            return
+        atomic_torch_save(self.checkpoint_contents(), filename)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        if isinstance(filename_or_checkpoint, str):
+            self.resume_seed(saved_seed(filename_or_checkpoint))
+        super().load_checkpoint(filename_or_checkpoint)
+
+    def resume_seed(self, saved: int | None) -> None:
+        """A resumed run goes on with the seed of the run it continues (the one its log names), unless
+        ``nnUNet_ccesemi_seed`` asks for another. Called before :meth:`initialize` where possible, so that
+        the log's seed line names the seed the run goes on with."""
+        if saved is None or saved == self.seed:
+            return
+        if SEED_VARIABLE in os.environ:
+            self.print_to_log_file(f"the checkpoint's run used seed {saved}; continuing with "
+                                   f"{SEED_VARIABLE}={self.seed}")
+        else:
+            self.seed = saved
+            self.print_to_log_file(f"continuing with the checkpoint's seed {saved}")
