@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import types
 
 import pytest
 import torch
@@ -413,3 +414,13 @@ def test_ramp_weights_of_the_current_iteration(nnunet_folders, trainer_class, ep
     trainer.current_epoch, trainer._iteration_in_epoch = epoch, iteration
     assert trainer._ramp_weights() == pytest.approx((unsup_weight, contrast_weight), rel=1e-12)
     assert trainer._ramp_up_finished_before_epoch() is ramped_up
+
+
+@pytest.mark.parametrize("compiles, is_ddp, expected", [(True, False, True), (True, True, False), (False, False, False)])
+def test_objective_compiled_where_nnunet_compiles_but_not_under_ddp(compiles, is_ddp, expected, monkeypatch):
+    """Under DDP the objective's collectives stay eager: a rank that fell back from a failed graph would
+    leave the others waiting in a collective it never reaches."""
+    from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
+
+    trainer = types.SimpleNamespace(is_ddp=is_ddp, _do_i_compile=lambda: compiles)
+    assert nnUNetTrainerDualNetwork._compile_objective(trainer) is expected

@@ -222,8 +222,10 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             f"({n_params[1] / 1e6:.2f} M parameters)\nmethod configuration: {config.describe()}")
 
     def _compile_objective(self) -> bool:
-        """Compile the objective where nnU-Net compiles the networks (CUDA, ``nnUNet_compile`` not off)."""
-        return self._do_i_compile()
+        """Compile the objective where nnU-Net compiles the networks (CUDA, ``nnUNet_compile`` not off), but
+        not under DDP: its thresholds and prototypes are collectives, and a rank falling back to eager after
+        its compiled graph failed part-way would leave the ranks' collectives out of step (a hang)."""
+        return self._do_i_compile() and not self.is_ddp
 
     def _add_network_b_to_optimizer(self) -> None:
         """B joins the optimiser and schedule that nnU-Net's ``initialize`` got from ``configure_optimizers``
