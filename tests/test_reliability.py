@@ -135,6 +135,18 @@ def test_nan_entropy_counts_as_least_confident():
     assert thresholds.tolist() == [pytest.approx(0.3)] and counts.tolist() == [5]
 
 
+def test_negative_values_and_negative_zero_count_as_zero():
+    """-0.0 and negative values have the sign bit set: read as the sort key's bits they would sort after
+    every positive value and raise the threshold, or corrupt the class part of the key."""
+    values = torch.tensor([-0.0, -1e-7, 0.1, 0.2, -0.0, 0.3])
+    labels = torch.tensor([0, 0, 0, 0, 1, 1])
+    thresholds, counts = class_quantiles(values, labels, 2, 0.0)
+    assert thresholds.tolist() == [0.0, 0.0] and counts.tolist() == [4, 2]
+    assert not math.copysign(1.0, thresholds[0].item()) < 0  # +0.0, not -0.0
+    thresholds, _ = class_quantiles(values, labels, 2, 0.5)  # class 0 sorted: 0, 0, 0.1, 0.2
+    assert thresholds[0].item() == 0.0 and thresholds[1].item() == 0.0
+
+
 def test_class_quantiles_reject_bad_input():
     with pytest.raises(ValueError, match="q must lie in"):
         class_quantiles(torch.rand(4), torch.zeros(4, dtype=torch.long), 2, 1.5)
