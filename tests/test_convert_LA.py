@@ -532,10 +532,16 @@ def test_resolve_num_labeled(labeled, fraction, expected):
     assert resolve_num_labeled(80, labeled, fraction, default=8) == expected
 
 
-@pytest.mark.parametrize("labeled, fraction", [(0, None), (81, None), (None, 0.0), (None, 0.001),
-                                               (None, 1.5), (4, 0.1)])
-def test_resolve_num_labeled_errors(labeled, fraction):
-    with pytest.raises(ConversionError):
+@pytest.mark.parametrize("labeled, fraction, message", [
+    (0, None, r"--labeled must be between 1 and the number of train cases \(80\), got 0"),
+    (81, None, r"between 1 and the number of train cases \(80\), got 81"),
+    (None, 0.0, r"--labeled-fraction must be in \(0, 1\], got 0.0"),
+    (None, 0.001, "--labeled-fraction 0.001 of 80 train cases rounds to 0 labelled cases"),
+    (None, 1.5, r"--labeled-fraction must be in \(0, 1\], got 1.5"),
+    (4, 0.1, "give either --labeled or --labeled-fraction, not both"),
+])
+def test_resolve_num_labeled_errors(labeled, fraction, message):
+    with pytest.raises(ConversionError, match=message):
         resolve_num_labeled(80, labeled, fraction, default=8)
 
 

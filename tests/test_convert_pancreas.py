@@ -557,3 +557,31 @@ def test_console_script_is_installed():
     assert script.is_file(), "run: pip install --no-deps --no-build-isolation -e ."
     assert ("from nnunet_ccesemi.dataset_conversion.convert_pancreas import main"
             in script.read_text())
+
+
+def test_int16_conversion_rounds_a_float_series_and_refuses_what_does_not_fit(tmp_path):
+    from nnunet_ccesemi.dataset_conversion.convert_pancreas import to_int16_hu
+
+    image = sitk.GetImageFromArray(np.array([[[-1024.4, 0.5, 40.6]]], np.float32))
+    image.SetSpacing((0.7, 0.7, 1.5))
+    converted = to_int16_hu(image, tmp_path)
+    assert converted.GetPixelID() == sitk.sitkInt16 and converted.GetSpacing() == image.GetSpacing()
+    assert sitk.GetArrayFromImage(converted).tolist() == [[[-1024, 0, 41]]]  # np.rint: half to even
+    too_bright = sitk.GetImageFromArray(np.array([[[0.0, 40000.0]]], np.float32))
+    with pytest.raises(ConversionError, match=r"values 0.0..40000.0 do not fit int16 HU"):
+        to_int16_hu(too_bright, tmp_path)
+
+
+def test_dataset_folder_name_and_scalar_volume_rules(tmp_path):
+    assert common.dataset_folder_name(1, "LA") == "Dataset001_LA"
+    for dataset_id in (0, 1000):
+        with pytest.raises(ConversionError, match=f"between 1 and 999, got {dataset_id}"):
+            common.dataset_folder_name(dataset_id, "LA")
+    for name in ("../x", "", "_LA", "Left Atrium"):
+        with pytest.raises(ConversionError, match="use letters, digits"):
+            common.dataset_folder_name(1, name)
+    with pytest.raises(ConversionError, match=r"expected a 3D single-channel volume, got 2D with 1 components"):
+        common.check_scalar_volume(sitk.Image(4, 5, sitk.sitkFloat32), tmp_path / "x.nii.gz")
+    with pytest.raises(ConversionError, match=r"got 3D with 3 components per voxel"):
+        common.check_scalar_volume(sitk.Image([4, 5, 6], sitk.sitkVectorFloat32, 3), tmp_path / "x.nii.gz")
+    common.check_scalar_volume(sitk.Image(4, 5, 6, sitk.sitkInt16), tmp_path / "x.nii.gz")
