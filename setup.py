@@ -23,7 +23,7 @@ PTH_LINE = (
 
 
 def read_version() -> str:
-    for line in (HERE / "nnunet_ccesemi" / "__init__.py").read_text().splitlines():
+    for line in (HERE / "nnunet_ccesemi" / "__init__.py").read_text(encoding="utf-8").splitlines():
         if line.startswith("__version__"):
             return line.split("=")[1].strip().strip("\"'")
     raise RuntimeError("nnunet_ccesemi/__init__.py defines no __version__")
@@ -50,9 +50,9 @@ setup(
     version=read_version(),
     description="Semi-supervised 3D segmentation for nnU-Net v2: dual networks, cross pseudo supervision, "
                 "entropy filtering, KL weighting and voxel-prototype contrast (CCE, arXiv 2509.13084)",
-    long_description=(HERE / "README.md").read_text(),
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    python_requires=">=3.10",
+    python_requires=">=3.11",
     packages=[
         "nnunet_ccesemi",
         "nnunet_ccesemi.losses",
@@ -70,18 +70,24 @@ setup(
         "nnunet_ccesemi.dataset_conversion": "dataset_conversion",
     },
     package_data={"nnunet_ccesemi.dataset_conversion": ["splits/*.list"]},
+    # The tested set, pinned (install.sh installs torch and torchvision first, from this pair).
     install_requires=[
-        "nnunetv2>=2.8.1,<2.9",
-        "torch>=2.1",
-        "batchgeneratorsv2>=0.3",
-        "dynamic-network-architectures>=0.4.1",
-        "acvl-utils>=0.2",
-        "numpy",
-        "SimpleITK>=2.2",
-        "nibabel>=3.2",  # uncertainty maps of NIfTI cases read by nnU-Net's NibabelIO
-        "h5py>=3.8",
+        "nnunetv2==2.8.1",
+        "torch==2.14.1",
+        "batchgenerators==0.25.5",  # imported directly (the loaders nnU-Net 2.8 uses)
+        "batchgeneratorsv2==0.3.6",  # nnU-Net's transforms
+        "dynamic-network-architectures==0.4.4",
+        "acvl-utils==0.2.6",
+        "numpy==2.4.6",
+        "SimpleITK==2.5.7",
+        "nibabel==5.4.2",  # uncertainty maps of NIfTI cases read by nnU-Net's NibabelIO
+        "h5py==3.16.0",  # the Left Atrium .h5 files
+        "scipy==1.17.1",  # surface distances of the evaluator
+        "tifffile==2026.3.3",  # TIFF segmentations in the evaluator
+        "matplotlib==3.11.2",  # progress_ssl.png
+        "tqdm==4.70.1",
     ],
-    extras_require={"test": ["pytest>=8", "hypothesis>=6.100", "medpy>=0.5"]},
+    extras_require={"test": ["pytest==9.2.0", "hypothesis==6.170.17", "medpy==0.5.2"]},
     entry_points={
         "console_scripts": [
             "nnUNetv2_ccesemi_preprocess_unlabeled = nnunet_ccesemi.cli.preprocess_unlabeled:main",

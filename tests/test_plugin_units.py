@@ -87,6 +87,15 @@ def test_wheel_installs_pth_and_namespaced_packages(tmp_path):
     assert "nnunet_ccesemi/_nnunet_ext/nnunet_ccesemi_trainers.py" in names
     assert not any(n.startswith(("trainers/", "dataset_conversion/", "tests/")) for n in names)
     assert "nnunet_ccesemi/_nnunet_ext/stale_module.py" not in names and not stale.exists()
+    shipped_lists = {path.name for path in (REPO_ROOT / "dataset_conversion" / "splits").glob("*.list")}
+    assert shipped_lists and {f"nnunet_ccesemi/dataset_conversion/splits/{name}" for name in shipped_lists} <= set(names)
+    # the tested set, pinned (the brief's required packages among them)
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    requires = [line.split(": ", 1)[1] for line in zipfile.ZipFile(wheel).read(metadata).decode("utf-8").splitlines()
+                if line.startswith("Requires-Dist: ")]
+    for package in ("nnunetv2", "torch", "batchgenerators", "batchgeneratorsv2", "numpy", "SimpleITK", "acvl-utils",
+                    "dynamic-network-architectures", "h5py", "pytest", "hypothesis", "medpy"):
+        assert any(re.match(rf"{re.escape(package)}==[\d.]+($|;| )", requirement) for requirement in requires), package
 
 
 # ---------------------------------------------------------------- configuration
