@@ -241,6 +241,7 @@ def _arguments(*extra):
 
 @pytest.mark.parametrize("extra, message", [
     (("-num_parts", "2", "-part_id", "2"), "-part_id must be between 0 and -num_parts - 1 = 1, got 2"),
+    (("-num_parts", "0"), "-num_parts must be at least 1, got 0"),
     (("-npp", "0"), "both at least 1, or both 0"),
     (("-npp", "0", "-nps", "0", "--uncertainty"), "--uncertainty needs nnU-Net's worker path"),
     (("-prev_stage_predictions", "prev"), "cascades are not supported"),

@@ -77,6 +77,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     """The combinations nnUNetv2_predict would reject, or that we cannot honour, with the reason."""
     if args.prev_stage_predictions is not None:
         raise ValueError("-prev_stage_predictions: cascades are not supported by the dual-network trainers")
+    if args.num_parts < 1:
+        raise ValueError(f"-num_parts must be at least 1, got {args.num_parts}")
     if not 0 <= args.part_id < args.num_parts:
         raise ValueError(f"-part_id must be between 0 and -num_parts - 1 = {args.num_parts - 1}, got "
                          f"{args.part_id}")
@@ -168,7 +170,7 @@ def main(argv=None) -> None:
         tile_step_size=args.step_size, use_gaussian=True, use_mirroring=not args.disable_tta,
         perform_everything_on_device=args.device == "cuda" and not args.not_on_device,
         device=torch.device(args.device),
-        verbose=args.verbose, allow_tqdm=not args.disable_progress_bar)
+        verbose=args.verbose, verbose_preprocessing=args.verbose, allow_tqdm=not args.disable_progress_bar)
     try:
         predictor.initialize_from_trained_model_folder(model_folder, folds, args.chk)
     except (CheckpointError, FileNotFoundError) as e:
