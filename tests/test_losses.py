@@ -25,6 +25,7 @@ from nnunet_ccesemi.losses import (
     last_decoder_stage,
     masked_cross_entropy,
     normalized_entropy,
+    normalized_entropy_from_logits,
     prototype_infonce_loss,
     prototype_l2_loss,
     reliable_mask,
@@ -764,3 +765,39 @@ def test_prototype_l2_loss_with_a_prototype_but_no_sample_of_its_class():
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(features.grad).all()
     assert features.grad[2].abs().sum() == 0  # the padding row
+
+
+def _logits(*shape):
+    return torch.randn(*shape)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: cross_pseudo_supervision(_logits(2, 3, 4, 4), _logits(2, 3, 4, 5)), "must have the same shape"),
+    (lambda: kl_divergence_map(_logits(2, 1, 4, 4), _logits(2, 1, 4, 4)), r"\(B, C>=2, \*spatial\)"),
+    (lambda: kl_weighted_cross_pseudo_supervision(_logits(2, 3), _logits(2, 3)), r"\(B, C>=2, \*spatial\)"),
+    (lambda: cosine_consistency(torch.rand(2, 3, 4), torch.rand(2, 3, 5)), "probability shapes differ"),
+    (lambda: reliable_mask(torch.rand(2, 4), torch.rand(2, 5), 0.1, 0.1), "entropy shapes differ"),
+    (lambda: PrototypeBank(2, momentum=1.0), r"momentum must lie in \[0, 1\), got 1.0"),
+    (lambda: PrototypeBank(2).update(torch.rand(3, 4), torch.ones(3, dtype=torch.bool)),
+     r"expected prototypes \(2, F\) and present \(2,\), got \(3, 4\)"),
+    (lambda: prototype_infonce_loss(torch.rand(4, 3), torch.zeros(4, dtype=torch.long), torch.rand(2, 3),
+                                    torch.ones(2, dtype=torch.bool), temperature=0.0), "temperature must be > 0"),
+    (lambda: prototype_l2_loss(torch.rand(4, 3), torch.zeros(4, dtype=torch.long), torch.rand(2, 5),
+                               torch.ones(2, dtype=torch.bool)), r"expected prototypes \(C, 3\)"),
+    (lambda: normalized_entropy_from_logits(_logits(2, 1, 4)), "needs C >= 2 classes"),
+    (lambda: sample_uncertain_voxels(torch.rand(1, 3, 4), torch.zeros(1, 4, dtype=torch.long),
+                                     torch.ones(1, 4, dtype=torch.bool), 1.5, 8), "need 0 <= fraction <= 1"),
+])
+def test_bad_arguments_are_refused_with_what_was_expected(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_l2_prototype_loss_without_margin_is_the_pull_alone():
+    features = F.normalize(torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.9, -0.3]]), dim=1)
+    labels = torch.tensor([0, 1, 0])
+    prototypes = torch.eye(2)
+    present = torch.ones(2, dtype=torch.bool)
+    pull = (features - prototypes[labels]).norm(dim=1).mean()
+    torch.testing.assert_close(prototype_l2_loss(features, labels, prototypes, present, margin=0.0), pull)
+    assert prototype_l2_loss(features, labels, prototypes, present) > pull  # sqrt(2): the classes are pushed apart
