@@ -14,6 +14,7 @@ import torch
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIO, NibabelIOWithReorient
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWithReorient
 
+from nnunet_ccesemi.image_files import check_image_file
 from nnunet_ccesemi.inference.map_export import write_float_map
 from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
 from tests.conftest import CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
@@ -204,7 +205,8 @@ def test_sequential_parts_and_continuing_with_maps(trained_cce, both_with_maps, 
     kept = {case: (workers / f"{case}.nii.gz").stat().st_mtime_ns for case in cases}
     _predict(planned, workers, "--save_probabilities", "--uncertainty", "--continue_prediction")
     assert (workers / f"{cases[0]}.nii.gz").stat().st_mtime_ns == kept[cases[0]]
-    assert sitk.GetArrayFromImage(sitk.ReadImage(str(truncated))).any()
+    assert truncated.stat().st_mtime_ns != kept[cases[1]]
+    check_image_file(truncated)  # complete again (ITK alone would read the cut file as zeros at the end)
 
 
 def test_a_case_counts_as_predicted_only_with_complete_outputs(tmp_path):
@@ -283,7 +285,7 @@ def test_input_folder_without_images_in_the_models_naming(tmp_path):
     for channel in (0, 1):
         _image(images / f"la001_{channel:04d}.nii.gz")
     check_input_files(str(images), str(model))
-    # a label beside the images: nnU-Net would make it a case with an empty ID and crash mid-run
+    # a label beside the images: nnU-Net would take it for a case with an empty ID and stop with an IndexError
     _image(images / "la001.nii.gz")
     with pytest.raises(ImageFileError, match=r"not named <case>_<XXXX>.nii.gz .*: la001.nii.gz"):
         check_input_files(str(images), str(model))
@@ -291,6 +293,22 @@ def test_input_folder_without_images_in_the_models_naming(tmp_path):
     _image(images / "la002_0000.nii.gz")  # a case without its second channel
     with pytest.raises(ImageFileError, match=r"case 'la002' .* has channel files _0000; .* expects exactly "
                                              r"_0000 \(T1\), _0001 \(T2\)"):
+        check_input_files(str(images), str(model))
+
+
+def test_hidden_files_nnunet_would_read_as_cases_and_legacy_modality_keys(tmp_path):
+    from nnunet_ccesemi.cli.predict import check_input_files
+    from nnunet_ccesemi.image_files import ImageFileError
+    model, images = tmp_path / "model", tmp_path / "images"
+    model.mkdir(), images.mkdir()
+    # nnU-Net's first dataset.json files name the channels "modality"; nnU-Net v2 still reads them
+    (model / "dataset.json").write_text('{"file_ending": ".nii.gz", "modality": {"0": "CT"}}')
+    _image(images / "la001_0000.nii.gz")
+    (images / ".DS_Store").write_bytes(b"")
+    check_input_files(str(images), str(model))
+    (images / "._la001_0000.nii.gz").write_bytes(b"AppleDouble")  # copied from a Mac: nnU-Net lists it
+    with pytest.raises(ImageFileError, match=r"1 hidden file\(s\) .* would read them as cases .*: "
+                                             r"\._la001_0000.nii.gz"):
         check_input_files(str(images), str(model))
 
 
@@ -311,7 +329,7 @@ def test_output_folder_must_be_a_folder_other_than_the_input(tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a CUDA GPU")
 def test_default_cuda_device_without_a_gpu_is_refused_up_front(tmp_path):
-    from nnunet_ccesemi.cli.predict import check_device
+    from nnunet_ccesemi.cli.arguments import check_device
     with pytest.raises(ValueError, match="torch finds no CUDA GPU on this machine; pass -device cpu"):
         check_device("cuda")
     check_device("cpu")

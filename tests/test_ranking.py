@@ -164,10 +164,12 @@ def test_rank_arguments_refused_before_the_model_loads(extra, message, tmp_path)
         check_arguments(args)
 
 
-def test_rank_csv_in_a_folder_still_to_be_made_is_accepted(tmp_path, monkeypatch):
+@pytest.mark.parametrize("environment, npp", [("2", 2), ("0", 1), ("many", 3)])
+def test_rank_csv_in_a_folder_still_to_be_made_is_accepted(environment, npp, tmp_path, monkeypatch):
+    """-npp defaults to $nnUNet_npp; its 0 (nnUNetv2_predict's sequential mode) means one process here."""
     from nnunet_ccesemi.cli.rank_unlabeled import build_parser, check_arguments
-    monkeypatch.setenv("nnUNet_npp", "2")
+    monkeypatch.setenv("nnUNet_npp", environment)
     args = build_parser().parse_args(["-d", "1", "-tr", "nnUNetTrainerCCE", "-device", "cpu",
                                       "-o", str(tmp_path / "new" / "deeper" / "ranking.csv")])
     check_arguments(args)
-    assert args.npp == 2 and not (tmp_path / "new").exists()
+    assert args.npp == npp and not (tmp_path / "new").exists()

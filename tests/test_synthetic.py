@@ -55,10 +55,11 @@ def test_demo_overwrite_deletes_only_a_folder_the_demo_made(tmp_path):
     prepare_workdir(str(workdir), overwrite=True)  # marked: deleted and made again
     assert sorted(p.name for p in workdir.iterdir()) == [WORKDIR_MARKER]
 
-    earlier_demo = tmp_path / "old_demo"  # made before the marker existed: only the demo's folders
-    (earlier_demo / "nnUNet_raw").mkdir(parents=True)
-    prepare_workdir(str(earlier_demo), overwrite=True)
-    assert sorted(p.name for p in earlier_demo.iterdir()) == [WORKDIR_MARKER]
+    nnunet_data = tmp_path / "nnunet"  # a user's nnU-Net folder has the demo's layout, but no marker
+    (nnunet_data / "nnUNet_raw" / "Dataset001_Mine").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a folder the demo made"):
+        prepare_workdir(str(nnunet_data), overwrite=True)
+    assert (nnunet_data / "nnUNet_raw" / "Dataset001_Mine").is_dir()
 
 
 def test_demo_refuses_a_bad_dataset_id_and_names_a_failed_step(tmp_path, monkeypatch, capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import types
 
 import pytest
@@ -277,6 +278,7 @@ def test_resume_goes_on_with_the_checkpoints_seed_and_logs_only_that_one(trainer
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
     assert torch.load(path, map_location="cpu", weights_only=False)["seed"] == trainer.seed
+    os.remove(trainer.log_file)  # the resumed trainer may get the same log file (named to the second)
     resumed = not_initialized(trainer_class)
     fresh_draw = resumed.seed
     resumed.load_checkpoint(path)  # initialises, as nnU-Net's --c does
@@ -285,6 +287,23 @@ def test_resume_goes_on_with_the_checkpoints_seed_and_logs_only_that_one(trainer
         text = log.read()
     assert f"continuing with the checkpoint's seed {trainer.seed}" in text
     assert f"seed {trainer.seed} for Python, NumPy and torch" in text and f"seed {fresh_draw} " not in text
+
+    monkeypatch.setenv("nnUNet_ccesemi_seed", "7")  # asked for another seed: said once, kept
+    os.remove(resumed.log_file)
+    told = not_initialized(trainer_class)
+    told.load_checkpoint(path)
+    with open(told.log_file) as log:
+        assert told.seed == 7 and log.read().count(f"the checkpoint's run used seed {trainer.seed}") == 1
+
+
+def test_the_seed_of_a_checkpoint_in_torchs_legacy_format_is_read(tmp_path):
+    from nnunet_ccesemi.training.seeding import saved_seed
+
+    path = str(tmp_path / "legacy.pth")
+    torch.save({"seed": 42, "network_weights": {"w": torch.ones(3)}}, path, _use_new_zipfile_serialization=False)
+    assert saved_seed(path) == 42
+    torch.save({"network_weights": {}}, path)  # nnU-Net's own checkpoint: no seed
+    assert saved_seed(path) is None
 
 
 @pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCCE_5epochs"])

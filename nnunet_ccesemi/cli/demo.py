@@ -18,10 +18,10 @@ import time
 from os.path import join
 
 DEFAULT_TRAINERS = ("nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCCE_5epochs")
-# Written into every --workdir the demo creates: --overwrite deletes only a folder that holds it (or only
-# the demo's own folders), never a folder of the user's that happens to be named as the workdir.
+# Written into every --workdir the demo creates: --overwrite deletes only a folder that holds it, never a
+# folder of the user's that happens to be named as the workdir (a user's own nnU-Net data folder has the
+# same nnUNet_raw/_preprocessed/_results layout as the demo's).
 WORKDIR_MARKER = ".ccesemi_demo"
-DEMO_ENTRIES = {"nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "predictions", WORKDIR_MARKER}
 
 
 def demo_spec():
@@ -47,12 +47,12 @@ def prepare_workdir(workdir: str, overwrite: bool) -> None:
     if os.path.lexists(workdir):
         if not overwrite:
             raise ValueError(f"{workdir} exists; pass --overwrite to start again or choose another --workdir")
-        entries = set(os.listdir(workdir)) if os.path.isdir(workdir) and not os.path.islink(workdir) else None
-        if entries is None or not (WORKDIR_MARKER in entries or entries <= DEMO_ENTRIES):
+        made_by_the_demo = (os.path.isdir(workdir) and not os.path.islink(workdir)
+                            and os.path.isfile(join(workdir, WORKDIR_MARKER)))
+        if not made_by_the_demo:
             raise ValueError(
                 f"--overwrite refuses to delete {workdir}: it is not a folder the demo made (no {WORKDIR_MARKER} "
-                f"file, and it holds more than {', '.join(sorted(DEMO_ENTRIES - {WORKDIR_MARKER}))}); "
-                f"choose another --workdir")
+                f"file in it); choose another --workdir, or delete it yourself if it is an old demo's")
         shutil.rmtree(workdir)
     os.makedirs(workdir)
     with open(join(workdir, WORKDIR_MARKER), "w") as marker:

@@ -9,11 +9,11 @@ import argparse
 import json
 import multiprocessing
 import os
-import re
 import sys
 
 import torch
 
+from nnunet_ccesemi.cli.arguments import check_device, env_int
 from nnunet_ccesemi.cli.plans import fold, trained_model_folder
 from nnunet_ccesemi.data.layout import UnlabeledDataError, find_cases
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (faster)")
     parser.add_argument("--save_probabilities", action="store_true", help="also export the (mean) probabilities")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
-    parser.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+    parser.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3),
                         help="preprocessing processes (default $nnUNet_npp or 3; -npp 0 -nps 0: no worker processes)")
-    parser.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3),
+    parser.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3),
                         help="export processes (default $nnUNet_nps or 3)")
     parser.add_argument("-num_parts", type=int, default=1,
                         help="split the cases into this many parts, for as many parallel calls (default 1)")
@@ -63,14 +63,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--disable_progress_bar", action="store_true")
     parser.add_argument("--verbose", action="store_true")
     return parser
-
-
-def _env_int(name: str, default: int) -> int:
-    """nnUNetv2_predict's defaults for -npp/-nps: the environment variable where it holds an integer."""
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
 
 
 def check_arguments(args: argparse.Namespace) -> None:
@@ -99,7 +91,7 @@ def check_input_files(input_folder: str, model_folder: str) -> None:
     with open(os.path.join(model_folder, "dataset.json")) as f:
         dataset_json = json.load(f)
     try:
-        cases = find_cases(input_folder, dataset_json, "input", other_endings_allowed=True)
+        cases = find_cases(input_folder, dataset_json, "input", as_prediction_input=True)
     except UnlabeledDataError as error:
         raise ImageFileError(str(error).rstrip(".")) from None
     for files in cases.values():
@@ -115,16 +107,6 @@ def check_output_folder(input_folder: str, output_folder: str) -> None:
     if os.path.isdir(output_folder) and os.path.isdir(input_folder) and os.path.samefile(output_folder, input_folder):
         raise ValueError(f"-o {output_folder} is the input folder -i: the segmentations would land among the "
                          f"images (and be read as cases next time); choose another output folder")
-
-
-def check_device(device: str) -> None:
-    """Refuse a -device that torch cannot use here, before anything is loaded or written."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("-device cuda (the default), but torch finds no CUDA GPU on this machine; "
-                         "pass -device cpu")
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise ValueError("-device mps, but torch's MPS backend is not available on this machine; "
-                         "pass -device cpu")
 
 
 def sequential_inputs(input_folder: str, file_ending: str, num_parts: int, part_id: int) -> str | list[list[str]]:

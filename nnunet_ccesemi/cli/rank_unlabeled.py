@@ -17,7 +17,7 @@ import time
 from os.path import join
 
 from nnunet_ccesemi.cli.plans import dataset_name, fold, trained_model_folder
-from nnunet_ccesemi.cli.predict import _env_int, check_device
+from nnunet_ccesemi.cli.arguments import check_device, env_int
 from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, network_grid_spacing, rank, score_case
 
 COLUMNS = ("rank", "case", *SCORES, "foreground_voxels", "empty_foreground")
@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top", type=int, default=10, help="rows of the ranking to print (default 10)")
     parser.add_argument("-step_size", type=float, default=0.5, help="sliding-window step (default 0.5)")
     parser.add_argument("--disable_tta", action="store_true", help="no mirroring at test time (8x faster in 3D)")
-    parser.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3),
+    # nnUNet_npp=0 (nnUNetv2_predict's sequential mode) means one process here: ranking has no such mode
+    parser.add_argument("-npp", type=int, default=max(1, env_int("nnUNet_npp", 3)),
                         help="preprocessing processes (default $nnUNet_npp or 3)")
     parser.add_argument("-device", choices=("cuda", "cpu", "mps"), default="cuda", help="default cuda")
     return parser

@@ -90,19 +90,21 @@ def find_unlabeled_cases(raw_dataset_folder: str, dataset_json: dict,
     return cases
 
 
-def find_cases(folder: str, dataset_json: dict, role: str, *, other_endings_allowed: bool = False
+def find_cases(folder: str, dataset_json: dict, role: str, *, as_prediction_input: bool = False
                ) -> dict[str, list[str]]:
     """Map each case ID of an image folder in nnU-Net's input layout to its channel files, in channel order;
-    ``role`` names the images in errors ("unlabelled", "input"). ``other_endings_allowed``: files that do not
-    end in the dataset's ``file_ending`` are passed over (as ``nnUNetv2_predict`` passes them over) instead
-    of refused.
+    ``role`` names the images in errors ("unlabelled", "input"). ``as_prediction_input``: the folder is
+    read as ``nnUNetv2_predict`` reads it: files with other endings are passed over instead of refused,
+    and hidden files with the dataset's ending (macOS ``._`` files), which it would take for cases, are
+    refused instead of passed over.
 
     Raises:
         UnlabeledDataError: folder missing or empty (or holding folders instead of images); a file not
             named ``<case>_<XXXX><file_ending>``; a case whose channels differ from ``channel_names``.
     """
     file_ending = dataset_json["file_ending"]
-    channel_names = dataset_json["channel_names"]
+    # nnU-Net still reads dataset.json files of its first versions, which name the channels "modality"
+    channel_names = dataset_json.get("channel_names") or dataset_json["modality"]
     expected_channels = list(range(len(channel_names)))
     pattern_help = f"<case>_<XXXX>{file_ending} (e.g. case001_0000{file_ending})"
     if not isdir(folder):
@@ -112,14 +114,16 @@ def find_cases(folder: str, dataset_json: dict, role: str, *, other_endings_allo
 
     pattern = re.compile(r"(?P<case>.+)_(?P<channel>\d{4})" + re.escape(file_ending))
     channels_by_case: dict[str, dict[int, str]] = {}
-    misnamed, subfolders, sidecars = [], [], []
+    misnamed, subfolders, sidecars, hidden = [], [], [], []
     for name in sorted(os.listdir(folder)):
         if name.startswith("."):
+            if as_prediction_input and name.endswith(file_ending) and not isdir(join(folder, name)):
+                hidden.append(name)
             continue
         if isdir(join(folder, name)):
             subfolders.append(name)
             continue
-        if other_endings_allowed and not name.endswith(file_ending):
+        if as_prediction_input and not name.endswith(file_ending):
             continue
         match = pattern.fullmatch(name)
         if match is None:
@@ -127,6 +131,11 @@ def find_cases(folder: str, dataset_json: dict, role: str, *, other_endings_allo
             continue
         channels_by_case.setdefault(match["case"], {})[int(match["channel"])] = join(folder, name)
     misnamed += [name for name in sidecars if name[:-len(".json")] not in channels_by_case]  # no images
+    if hidden:
+        shown = ", ".join(hidden[:5]) + (" ..." if len(hidden) > 5 else "")
+        raise UnlabeledDataError(
+            f"{len(hidden)} hidden file(s) in {folder} end in {file_ending}, and nnU-Net would read them as cases "
+            f"(macOS ._ files?): {shown}. Remove them.")
     if not channels_by_case and subfolders:  # e.g. a dataset's root instead of its image folder
         raise UnlabeledDataError(
             f"No {role} images: {folder} holds folders ({', '.join(subfolders[:5])}) but no {pattern_help} "

@@ -10,7 +10,10 @@ import numpy as np
 import torch
 from torch import distributed as dist
 
+from nnunet_ccesemi import __version__
 from nnunet_ccesemi.losses.distributed import distributed_active
+from nnunet_ccesemi.training.checkpoint import atomic_torch_save
+from nnunet_ccesemi.training.networks import unwrap
 
 SEED_VARIABLE = "nnUNet_ccesemi_seed"
 
@@ -55,8 +58,11 @@ def stream_seed(seed: int, rank: int, start_epoch: int) -> int:
 
 def saved_seed(checkpoint_file: str) -> int | None:
     """The seed a checkpoint's run used (None for nnU-Net's own checkpoints); the tensors are only mapped,
-    not read."""
-    checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
+    not read, where the file is in torch's zip format."""
+    try:
+        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False, mmap=True)
+    except RuntimeError:  # torch's legacy format cannot be mapped; nnU-Net's loader reads it whole too
+        checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=False)
     return checkpoint.get("seed")
 
 
@@ -70,6 +76,7 @@ class SeededFromEnvironment:
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.seed = seed_from_environment()
+        self._checkpoint_seed: int | None = None  # the seed of the checkpoint resumed from, once handled
 
     def initialize(self):
         self.seed = shared_seed(self.seed)
@@ -88,9 +95,6 @@ class SeededFromEnvironment:
     def checkpoint_contents(self) -> dict:
         """What a checkpoint holds: nnU-Net's keys (its predictor and ``--c`` read them), the seed and the
         plugin's version."""
-        from nnunet_ccesemi import __version__
-        from nnunet_ccesemi.training.networks import unwrap
-
         return {
             "network_weights": unwrap(self.network).state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
@@ -106,8 +110,6 @@ class SeededFromEnvironment:
         }
 
     def save_checkpoint(self, filename: str) -> None:
-        from nnunet_ccesemi.training.checkpoint import atomic_torch_save
-
         if self.local_rank != 0:
             return
         if self.disable_checkpointing:
@@ -124,8 +126,9 @@ class SeededFromEnvironment:
         """A resumed run goes on with the seed of the run it continues (the one its log names), unless
         ``nnUNet_ccesemi_seed`` asks for another. Called before :meth:`initialize` where possible, so that
         the log's seed line names the seed the run goes on with."""
-        if saved is None or saved == self.seed:
+        if saved is None or saved == self.seed or saved == self._checkpoint_seed:
             return
+        self._checkpoint_seed = saved
         if SEED_VARIABLE in os.environ:
             self.print_to_log_file(f"the checkpoint's run used seed {saved}; continuing with "
                                    f"{SEED_VARIABLE}={self.seed}")
