@@ -60,20 +60,23 @@ def reliability_by_hand(probabilities: dict, quantile: float):
 
     Returns each network's nested labels, the thresholds ``{(net, r, side): τ or None}``, the reliable
     voxels (class-balanced per region and side; a channel whose decision the nesting overruled is least
-    confident) and the nested joint pseudo-labels (confident rule; overruled joint labels not reliable).
+    confident: it loses the joint label, takes no part in its side's quantile and is never reliable for
+    that network) and the nested joint pseudo-labels (confident rule; overruled joint labels not reliable).
     """
     own, raw, entropy, thresholds = {}, {}, {}, {}
     reliable = np.zeros(next(iter(probabilities.values())).shape, bool)
     for net, p in probabilities.items():
         own[net], raw[net] = nested_by_label_manager(p), (p > 0.5).astype(np.int64)
-        entropy[net] = np.where(own[net] != raw[net], np.inf, binary_entropy(p))
+        overruled = own[net] != raw[net]
+        entropy[net] = np.where(overruled, np.inf, binary_entropy(p))
         for r in range(p.shape[1]):
             for side, value in (("out", 0), ("in", 1)):
-                values = np.sort(entropy[net][:, r][own[net][:, r] == value])
+                group = (own[net][:, r] == value) & ~overruled[:, r]
+                values = np.sort(entropy[net][:, r][group])
                 threshold = values[int(math.floor(quantile * (values.size - 1)))] if values.size else None
                 thresholds[net, r, side] = threshold
                 if threshold is not None:
-                    reliable[:, r] |= (own[net][:, r] == value) & (entropy[net][:, r] <= threshold * (1 + 1e-6))
+                    reliable[:, r] |= group & (entropy[net][:, r] <= threshold * (1 + 1e-6))
     joint = np.where(entropy["a"] <= entropy["b"], raw["a"], raw["b"])
     pseudo = nested_by_label_manager(joint.astype(np.float64))
     return own, thresholds, reliable & (pseudo == joint), pseudo, joint
@@ -218,6 +221,29 @@ def test_a_confident_channel_overruled_by_nesting_is_not_reliable():
     assert targets.pseudo_labels.view(1, 3, 10, 1)[0, 1, 0, 0] == 1  # the nested label: core
     assert not targets.reliable.view(1, 3, 10, 1)[0, 1, 0, 0]
     assert targets.reliable.view(1, 3, 10, 1)[0, 0, 0, 0]  # whole tumour: inside by its own decision too
+
+
+@pytest.mark.parametrize("rule", ["class_balanced", "global"])
+def test_pairs_overruled_by_nesting_neither_set_nor_pass_a_threshold(rule):
+    """Network A: core confidently outside (-8) everywhere, enhancing inside (+3) on 17 of 20 voxels, so
+    nesting puts those in A's core against A's own decision. Network B leaves enhancing out and is unsure
+    of the core there (entropies just below 1, all different). Neither vouches for A's nested "core
+    inside": its own quantile may let B keep its most confident such pair, but no more. Counted among the
+    quantile's values, A's infinite entropies would make A's threshold infinite and pass them all."""
+    z_a = torch.full((1, 3, 20, 1), -8.0)
+    z_a[0, 0] = 8.0  # whole tumour inside
+    z_a[0, 2, :17] = 3.0
+    z_b = torch.full((1, 3, 20, 1), -8.0)
+    z_b[0, 0] = 8.0
+    z_b[0, 1, :17, 0] = -0.05 - 0.01 * torch.arange(17)
+    config = MethodConfig(**{**OFF, "entropy_filter_weight": 1.0, "reliability_rule": rule})
+    stats = {}
+    targets = objective(config)._unlabeled_targets({"a": binary_logits(z_a), "b": binary_logits(z_b)}, 0, True,
+                                                   stats)
+    assert targets.reliable.view(1, 3, 20, 1)[0, 1, :17].sum() <= 1
+    assert not any(math.isinf(float(value)) for value in stats.values())
+    if rule == "class_balanced":
+        assert math.isnan(stats["entropy_threshold_a_r1_in"])  # A's core-inside pairs are all overruled
 
 
 def test_global_rule_is_one_threshold_per_region():

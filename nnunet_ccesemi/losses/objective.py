@@ -9,6 +9,7 @@ no parameters, only the per-network prototype banks (buffers, checkpointed with 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -324,13 +325,15 @@ class DualNetworkObjective(nn.Module):
         if not needs_targets:
             return None
         entropy = {net: normalized_entropy_from_logits(logits_unlabeled[net]) for net in NETWORKS}
+        overruled = {net: None for net in NETWORKS}
         if self.regions is not None and config.filter_entropy:
             # Nesting can overrule a channel's own decision (enhancing tumour inside, core confidently
             # outside: the exported label puts the voxel in the core). A low entropy then vouches for the
-            # opposite of the label, so such a voxel counts as least confident for that network.
+            # opposite of the label, so such a pair counts as least confident for that network: it loses
+            # the joint label to the other network and is never reliable for this one.
             for net in NETWORKS:
-                overruled = own_labels[net] != decided[net]
-                entropy[net] = entropy[net].masked_fill(overruled, float("inf"))
+                overruled[net] = own_labels[net] != decided[net]
+                entropy[net] = entropy[net].masked_fill(overruled[net], float("inf"))
         if not config.filter_entropy:
             reliable = torch.ones_like(entropy["a"], dtype=torch.bool)
         elif config.reliability_rule == "global" and self.regions is None:
@@ -343,16 +346,17 @@ class DualNetworkObjective(nn.Module):
             region = region.view(-1, *([1] * (entropy["a"].ndim - 1))).expand_as(entropy["a"])
             reliable = torch.zeros_like(entropy["a"], dtype=torch.bool)
             for net in NETWORKS:
-                thresholds, _ = class_quantiles(entropy[net], region, self.num_classes, config.entropy_quantile)
-                reliable |= class_balanced_reliable(entropy[net], region, thresholds)
+                kept, thresholds = self._most_confident_per_group(entropy[net], region, self.num_classes,
+                                                                  overruled[net])
+                reliable |= kept
                 for r in range(self.num_classes):
                     stats[f"entropy_threshold_{net}_r{r}"] = thresholds[r]
         else:
             reliable = torch.zeros_like(entropy["a"], dtype=torch.bool)
             for net in NETWORKS:
-                groups = self._groups(own_labels[net])
-                thresholds, _ = class_quantiles(entropy[net], groups, len(self.group_names), config.entropy_quantile)
-                reliable |= class_balanced_reliable(entropy[net], groups, thresholds)
+                kept, thresholds = self._most_confident_per_group(entropy[net], self._groups(own_labels[net]),
+                                                                  len(self.group_names), overruled[net])
+                reliable |= kept
                 for index, name in enumerate(self.group_names):
                     stats[f"entropy_threshold_{net}_{name}"] = thresholds[index]
         pseudo_labels = joint_pseudo_labels(
@@ -374,6 +378,17 @@ class DualNetworkObjective(nn.Module):
         for index, name in enumerate(self.group_names):
             stats[f"reliable_fraction_{name}"] = reliable_fraction[index]
         return UnlabeledTargets(own_labels=own_labels, reliable=reliable, pseudo_labels=pseudo_labels)
+
+    def _most_confident_per_group(self, entropy: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                                  overruled: Optional[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """One network's reliable voxels ``H <= τ_g`` (τ_g = the ``entropy_quantile`` of its group g) and the
+        (num_groups,) thresholds. Overruled region pairs form a group of their own with no threshold: they
+        neither raise a group's quantile (their entropy is +inf) nor pass it (inf <= inf)."""
+        if overruled is not None:
+            groups = groups.masked_fill(overruled, num_groups)
+        thresholds, _ = class_quantiles(entropy, groups, num_groups + 1, self.config.entropy_quantile)
+        thresholds[num_groups] = math.nan  # never reliable
+        return class_balanced_reliable(entropy, groups, thresholds), thresholds[:num_groups]
 
     def _hard_labels(self, logits: torch.Tensor) -> torch.Tensor:
         """A network's own hard labels: the argmax, or for regions the nested ``σ(z) > 0.5`` (folded)."""
