@@ -11,10 +11,15 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1  # a part killed by its timeout still leaves what it printed
 site=/tmp/s/site312
-mkdir -p /tmp/s && tar -xJf device_site/site312.tar.xz -C /tmp/s
-python3 -m zipfile -e device_site/nnunet_ccesemi-*.whl "$site"
+wheels=(device_site/nnunet_ccesemi-*.whl)
+[ -f device_site/site312.tar.xz ] && [ ${#wheels[@]} = 1 ] && [ -f "${wheels[0]}" ] || {
+  echo "ERROR: carry device_site/ with site312.tar.xz and exactly one nnunet_ccesemi wheel"; exit 1; }
+mkdir -p /tmp/s && tar -xJf device_site/site312.tar.xz -C /tmp/s && python3 -m zipfile -e "${wheels[0]}" "$site" \
+  || { echo "ERROR: unpacking device_site failed"; exit 1; }
 export PYTHONPATH=$site nnUNet_extTrainer=$site/nnunet_ccesemi/_nnunet_ext
+python3 -c "import nnunetv2, blosc2, SimpleITK, nnunet_ccesemi" || { echo "ERROR: the carried site does not import"; exit 1; }
 export nnUNet_raw=/tmp/w/raw nnUNet_preprocessed=/tmp/w/pre nnUNet_results=/tmp/w/res nnUNet_n_proc_DA=12
 mkdir -p $nnUNet_raw $nnUNet_preprocessed $nnUNet_results
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
@@ -27,12 +32,12 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 if part memory; then
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
   nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 200 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
-    --measure-cuda 2>"$OUT/memory.err" | grep -v "^20[0-9][0-9]-"
+    --measure-cuda 2>"$OUT/memory.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/memory.err"
 fi
 if part objective; then
   echo "== the objective alone, 2+2 patches of 96x128x192, 32 feature channels =="
   timeout 120 python3 benchmarks/objective_time.py --shape 4 2 96 128 192 --features 32 --device cuda --profile \
-    2>"$OUT/objective.err"
+    2>"$OUT/objective.err" || tail -n 20 "$OUT/objective.err"
 fi
 part compiled || part eager || part train || exit 0
 
@@ -47,12 +52,13 @@ tail -n 2 "$OUT/unlabeled.log"
 if part compiled; then
   echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation) =="
   timeout 270 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
-    --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep -v "^20[0-9][0-9]-"
+    --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
+    || tail -n 20 "$OUT/bench_compiled.err"
 fi
 if part eager; then
   echo "== step times, AMP, eager =="
   nnUNet_compile=f timeout 240 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 20 --warmup 5 \
-    --device cuda 2>"$OUT/bench.err" | grep -v "^20[0-9][0-9]-"
+    --device cuda 2>"$OUT/bench.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/bench.err"
 fi
 part train || exit 0
 echo "== nnUNetv2_train nnUNetTrainerCCE_5epochs (compile, AMP): killed after a checkpoint, then --c =="
