@@ -443,3 +443,21 @@ def test_objective_compiled_where_nnunet_compiles_but_not_under_ddp(compiles, is
 
     trainer = types.SimpleNamespace(is_ddp=is_ddp, _do_i_compile=lambda: compiles)
     assert nnUNetTrainerDualNetwork._compile_objective(trainer) is expected
+
+
+@pytest.mark.parametrize("trainer_name", ["nnUNetTrainerSupervised_5epochs", "nnUNetTrainerCPS_5epochs"])
+def test_a_checkpoint_left_half_written_by_a_killed_run_is_removed_at_the_start(trainer_name, nnunet_folders):
+    import subprocess
+    import sys
+
+    import nnunet_ccesemi.trainers as trainers
+
+    trainer = initialized(getattr(trainers, trainer_name))
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    torn = os.path.join(trainer.output_folder, f"tmp{int(finished.stdout)}_checkpoint_latest.pth")
+    with open(torn, "w") as f:
+        f.write("torn")
+    trainer.remove_interrupted_writes()
+    assert not os.path.exists(torn)
+    with open(trainer.log_file) as log:
+        assert f"removed {torn}, a temporary file of an interrupted earlier run" in log.read()

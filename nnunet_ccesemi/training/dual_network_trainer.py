@@ -43,7 +43,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.optim.lr_scheduler import LRScheduler
 
 from nnunet_ccesemi import __version__
-from nnunet_ccesemi.atomic import atomic_path, remove_stale_temporaries
+from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import (check_preprocessed_unlabeled, find_unlabeled_cases,
                                         preprocessed_unlabeled_folder, preprocessing_fingerprint, raw_unlabeled_folder)
@@ -288,12 +288,6 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
         return stream
 
     # ------------------------------------------------------------------ training
-    def on_train_start(self):
-        super().on_train_start()  # reseeds a resumed run first (SeededFromEnvironment)
-        if self.local_rank == 0:
-            for path in remove_stale_temporaries(self.output_folder):
-                self.print_to_log_file(f"removed {path}, a temporary file of an interrupted earlier run")
-
     def on_train_epoch_start(self):
         super().on_train_epoch_start()
         self.network_b.train()

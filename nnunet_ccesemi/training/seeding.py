@@ -11,6 +11,7 @@ import torch
 from torch import distributed as dist
 
 from nnunet_ccesemi import __version__
+from nnunet_ccesemi.atomic import remove_stale_temporaries
 from nnunet_ccesemi.losses.distributed import distributed_active
 from nnunet_ccesemi.training.checkpoint import atomic_torch_save
 from nnunet_ccesemi.training.networks import unwrap
@@ -90,6 +91,13 @@ class SeededFromEnvironment:
         if self.current_epoch > 0:  # resumed (--c): reseed before nnU-Net starts the loaders
             seed_everything(stream_seed(self.seed, self.local_rank, self.current_epoch))
         super().on_train_start()
+        self.remove_interrupted_writes()
+
+    def remove_interrupted_writes(self) -> None:
+        """Deletes the temporary files a killed run left in the output folder (a checkpoint being written)."""
+        if self.local_rank == 0:
+            for path in remove_stale_temporaries(self.output_folder):
+                self.print_to_log_file(f"removed {path}, a temporary file of an interrupted earlier run")
 
     # ------------------------------------------------------------------ checkpoints
     def checkpoint_contents(self) -> dict:
