@@ -147,11 +147,11 @@ def test_model_commands_refuse_an_unknown_dataset_and_a_bad_fold(command, tmp_pa
     main = importlib.import_module(f"nnunet_ccesemi.cli.{command}").main
     with pytest.raises(SystemExit, match=r"^ERROR: .*nnUNet_results"):
         main(["-d", "Dataset999_Nowhere", "-c", "3d_fullres", "-tr", "nnUNetTrainerCCE", "-i", str(tmp_path),
-              "-o", str(tmp_path / "out")])
+              "-o", str(tmp_path / "out"), "-device", "cpu"])
     monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))  # nnU-Net reads it at each use
     tmp_path = tmp_path / "inputs"
     tmp_path.mkdir()
-    common = ["-d", "Dataset999_Nowhere", "-c", "3d_fullres", "-tr", "nnUNetTrainerCCE"]
+    common = ["-d", "Dataset999_Nowhere", "-c", "3d_fullres", "-tr", "nnUNetTrainerCCE", "-device", "cpu"]
     outputs = ["-i", str(tmp_path), "-o", str(tmp_path / ("out" if command == "predict" else "r.csv"))]
     with pytest.raises(SystemExit, match=r"^ERROR: no trained model at .*Dataset999_Nowhere"):
         main(common + outputs)
