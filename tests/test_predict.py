@@ -339,6 +339,21 @@ def test_default_cuda_device_without_a_gpu_is_refused_up_front(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_folds_are_named_with_the_folds_that_exist(tmp_path):
+    """nnUNetv2_ccesemi_predict's default -f is 0 1 2 3 4, the demo and the protocols train fold all."""
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+    (tmp_path / "fold_all").mkdir()
+    (tmp_path / "fold_all" / "checkpoint_final.pth").write_bytes(b"")
+    (tmp_path / "fold_3").mkdir()  # started, never finished
+    predictor = DualNetworkPredictor(device=torch.device("cpu"))
+    with pytest.raises(FileNotFoundError, match=r"no checkpoint at .*fold_0/checkpoint_final.pth \(5 of the 5 folds "
+                                                r"asked for lack checkpoint_final.pth\); folds with "
+                                                r"checkpoint_final.pth: all \(pick them with -f"):
+        predictor.initialize_from_trained_model_folder(str(tmp_path), [0, 1, 2, 3, 4], "checkpoint_final.pth")
+    with pytest.raises(FileNotFoundError, match="folds with checkpoint_best.pth: none"):
+        predictor.initialize_from_trained_model_folder(str(tmp_path), ["all"], "checkpoint_best.pth")
+
+
 def test_damaged_checkpoint_is_named(tmp_path):
     from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
     from nnunet_ccesemi.training.checkpoint import CheckpointError

@@ -81,6 +81,18 @@ class DualNetworkPredictor(nnUNetPredictor):
         if isinstance(use_folds, str):
             use_folds = [use_folds]
         checkpoints = [join(model_training_output_dir, f"fold_{fold}", checkpoint_name) for fold in use_folds]
+        missing = [path for path in checkpoints if not os.path.isfile(path)]
+        if missing:
+            trained = sorted(name[len("fold_"):] for name in (os.listdir(model_training_output_dir)
+                                                              if os.path.isdir(model_training_output_dir) else [])
+                             if name.startswith("fold_")
+                             and os.path.isfile(join(model_training_output_dir, name, checkpoint_name)))
+            raise FileNotFoundError(
+                f"no checkpoint at {missing[0]}" + (f" ({len(missing)} of the {len(checkpoints)} folds asked for "
+                                                    f"lack {checkpoint_name})" if len(missing) > 1 else "")
+                + f"; folds with {checkpoint_name}: {', '.join(trained) if trained else 'none'} (pick them with "
+                f"-f, e.g. -f all after nnUNetv2_train ... all, another checkpoint with -chk, or train the fold "
+                f"first)")
         peers = [self._peer_weights(path) for path in checkpoints]  # refuse single-network checkpoints first
         super().initialize_from_trained_model_folder(model_training_output_dir, use_folds, checkpoint_name)
         self.parameters_b = [weights for weights, _ in peers]
