@@ -1,26 +1,31 @@
 """Write-then-rename for every file and folder the plugin writes, so that an interrupted run never
 leaves a truncated file or a partial folder where a complete one (or none) is expected.
 
-One naming scheme serves both: what is being written is ``tmp<pid>_<name>`` beside its final path, a
-folder being replaced is set aside as ``old<pid>_<name>`` for the moment of the swap. The process id
-lets :func:`remove_stale_temporaries` tell the leftovers of a killed run from the work of a live one.
+One naming scheme serves both: what is being written is ``tmp<pid>-<token>_<name>`` beside its final path,
+a folder being replaced is set aside as ``old<pid>-<token>_<name>`` for the moment of the swap (``<token>``:
+8 hex digits drawn once per process). Process id and token let :func:`remove_stale_temporaries` tell the
+leftovers of a killed run from the work of a live one.
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+import secrets
 import shutil
 from typing import Iterator
 
-_TEMPORARY_NAME = re.compile(r"tmp(\d+)_(.+)")
-_SET_ASIDE_NAME = re.compile(r"old(\d+)_(.+)")
+# Drawn once per process: a container's entry point is PID 1 in every run, so the PID alone cannot tell
+# this run's temporaries from those a killed earlier run left under the same PID.
+_RUN_TOKEN = secrets.token_hex(4)
+_TEMPORARY_NAME = re.compile(r"tmp(\d+)-([0-9a-f]{8})_(.+)")
+_SET_ASIDE_NAME = re.compile(r"old(\d+)-([0-9a-f]{8})_(.+)")
 
 
 def _sibling(path: str, prefix: str) -> str:
     folder, name = os.path.split(path)
     # keep the name (and its ending) last: writers like SimpleITK and matplotlib pick the format from it
-    return os.path.join(folder, f"{prefix}{os.getpid()}_{name}")
+    return os.path.join(folder, f"{prefix}{os.getpid()}-{_RUN_TOKEN}_{name}")
 
 
 @contextlib.contextmanager
@@ -70,27 +75,29 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[str]:
 
 
 def _replace_folder(tmp: str, path: str) -> None:
-    aside = None
-    if os.path.lexists(path):
-        aside = _sibling(path, "old")
-        os.rename(path, aside)
-    try:
+    aside = _sibling(path, "old") if os.path.lexists(path) else None
+    try:  # from before the first rename: a Ctrl-C between the two must put the old folder back
+        if aside is not None:
+            os.rename(path, aside)
         os.rename(tmp, path)
     except BaseException:
-        if aside is not None and not os.path.lexists(path):
+        if aside is not None and os.path.lexists(aside) and not os.path.lexists(path):
             os.rename(aside, path)
         raise
     if aside is not None:
-        _remove(aside)
+        # the new folder is in place: failing to delete the old one (read-only files, Ctrl-C) is no failed
+        # write, and remove_stale_temporaries clears it later
+        with contextlib.suppress(OSError):
+            _remove(aside)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None) -> list[str]:
     """Clears up what :func:`atomic_path` and :func:`atomic_folder` left in ``folder`` when their process
     was killed; ``name`` limits it to the temporaries of that one file or folder.
 
-    A kill (SIGKILL, a cluster's time limit) can land between writing ``tmp<pid>_<name>`` and moving it
+    A kill (SIGKILL, a cluster's time limit) can land between writing ``tmp<pid>-<token>_<name>`` and moving it
     into place; the real file is intact, the temporary is garbage and is removed. A folder set aside
-    as ``old<pid>_<name>`` is removed when ``<name>`` exists (its replacement is in place) and renamed
+    as ``old<pid>-<token>_<name>`` is removed when ``<name>`` exists (its replacement is in place) and renamed
     back to ``<name>`` otherwise (the kill fell between the two renames). Only what processes that no
     longer run left is touched, so a concurrent writer keeps its own. Returns the paths removed or
     put back.
@@ -104,9 +111,10 @@ def remove_stale_temporaries(folder: str | os.PathLike, name: str | None = None)
     for entry in sorted(os.listdir(folder)):
         temporary, set_aside = _TEMPORARY_NAME.fullmatch(entry), _SET_ASIDE_NAME.fullmatch(entry)
         match = temporary or set_aside
-        if not match or (name is not None and match.group(2) != name) or _process_alive(int(match.group(1))):
+        if not match or (name is not None and match.group(3) != name) or _writer_alive(int(match.group(1)),
+                                                                                          match.group(2)):
             continue
-        path, final = os.path.join(folder, entry), os.path.join(folder, match.group(2))
+        path, final = os.path.join(folder, entry), os.path.join(folder, match.group(3))
         with contextlib.suppress(FileNotFoundError):
             if set_aside and not os.path.lexists(final):
                 os.rename(path, final)
@@ -123,12 +131,12 @@ def _remove(path: str) -> None:
         os.remove(path)
 
 
-def _process_alive(pid: int) -> bool:
+def _writer_alive(pid: int, token: str) -> bool:
     if pid == os.getpid():
-        return True
+        return token == _RUN_TOKEN
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: no process has such a number
         return False
     except PermissionError:  # another user's process
         return True

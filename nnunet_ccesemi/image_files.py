@@ -216,9 +216,16 @@ def _parse_nifti_header(header: bytes):
             break
     else:
         return None
-    if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:dims[0] + 1]):
+    if not 1 <= dims[0] <= 7 or bitpix <= 0 or any(d < 0 for d in dims[1:dims[0] + 1]) or not math.isfinite(offset):
         return None  # ITK reports a broken header itself
-    return tuple(dims[1:dims[0] + 1]), bitpix, int(offset), datatype, single_file
+    # readers size a voxel by its datatype; bitpix is only a hint (and may disagree)
+    bits = _NIFTI_DATATYPE_BITS.get(datatype, bitpix)
+    return tuple(dims[1:dims[0] + 1]), bits, int(offset), datatype, single_file
+
+
+# NIfTI datatype codes and their bits per voxel (nifti1.h)
+_NIFTI_DATATYPE_BITS = {1: 1, 2: 8, 4: 16, 8: 32, 16: 32, 32: 64, 64: 64, 128: 24, 256: 8, 512: 16, 768: 32,
+                        1024: 64, 1280: 64, 1536: 128, 1792: 128, 2048: 256, 2304: 32}
 
 
 def _img_file_of(header_path: Path) -> Optional[Path]:
@@ -342,8 +349,8 @@ def _check_metaimage(path: Path) -> Problem:
         data_file, data_offset = path.parent / data_file_field, 0
         if not data_file.is_file():
             return f"its data file {data_file} is missing"
-    if header_size < 0:
-        return None  # data located from the end of the file: not checked
+    if header_size < 0 or fields.get("binarydata", "true").lower() == "false":
+        return None  # data located from the end of the file, or written as text: not checked
     compressed = fields.get("compresseddata", "false").lower() == "true"
     promised = math.prod(shape) * voxel_bytes * channels
     try:

@@ -181,6 +181,27 @@ def test_voxel_types_are_sized_right(tmp_path, dtype):
             check_image_file(path)
 
 
+def test_a_nifti_header_is_sized_by_its_datatype_and_a_broken_offset_is_left_to_itk(tmp_path):
+    """Readers size a voxel by the datatype code (nifti1.h), not by bitpix: an int16 file whose bitpix says 32
+    reads fine and is no cut copy. A NaN vox_offset is ITK's to report, not a crash here."""
+    path = _write(tmp_path, "case.nii", False)
+    header = bytearray(path.read_bytes())
+    header[72:74] = (32).to_bytes(2, "little")  # bitpix 32 for datatype 4 (int16)
+    path.write_bytes(bytes(header))
+    check_image_file(path)
+    header[108:112] = bytes.fromhex("0000c07f")  # vox_offset NaN (little-endian float)
+    path.write_bytes(bytes(header))
+    check_image_file(path)
+
+
+def test_metaimage_with_text_data_is_not_taken_for_a_cut_binary_one(tmp_path):
+    path = tmp_path / "case.mha"
+    values = " ".join(str(v) for v in np.arange(2 * 3 * 4, dtype=np.float32) * 1.5)
+    path.write_text("ObjectType = Image\nNDims = 3\nBinaryData = False\nDimSize = 4 3 2\n"
+                    f"ElementType = MET_FLOAT\nElementDataFile = LOCAL\n{values}\n")
+    check_image_file(path)
+
+
 def test_vector_images_count_their_components(tmp_path):
     vector = sitk.Compose([_volume(), _volume()])
     for name in ("v.mha", "v.nrrd", "v.nii"):

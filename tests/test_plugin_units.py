@@ -8,12 +8,14 @@ import re
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from nnunet_ccesemi import _discovery
+from nnunet_ccesemi.atomic import _RUN_TOKEN, _sibling
 from nnunet_ccesemi.config import CCE_CONFIG, CPS_CONFIG, MethodConfig
 from nnunet_ccesemi.data.layout import UnlabeledDataError, find_unlabeled_cases, source_changed, source_record
 from tests.conftest import REPO_ROOT
@@ -481,14 +483,18 @@ def test_stale_temporaries_of_dead_processes_are_removed_and_live_ones_kept(tmp_
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
-    (tmp_path / f"tmp{dead_pid}_checkpoint_latest.pth").write_text("torn")
-    (tmp_path / f"tmp{os.getpid()}_progress_ssl.png").write_text("being written")
-    (tmp_path / "checkpoint_latest.pth").write_text("complete")
-    (tmp_path / "tmp_notes.txt").write_text("not ours")
+    mine = os.path.basename(_sibling(str(tmp_path / "progress_ssl.png"), "tmp"))  # this process's, being written
+    # an earlier run of this PID (a container's PID 1 in every run) has another token: it is dead
+    earlier_run = f"tmp{os.getpid()}-{'0' * 8 if _RUN_TOKEN != '0' * 8 else '1' * 8}_checkpoint_best.pth"
+    for name in (f"tmp{dead_pid}-0a1b2c3d_checkpoint_latest.pth", mine, earlier_run, "checkpoint_latest.pth",
+                 "tmp_notes.txt", "tmp20240101_checkpoint_best.pth",  # a user's files, not ours
+                 "tmp99999999999999999999-0a1b2c3d_x.pth"):  # no process has that number
+        (tmp_path / name).write_text(name)
     removed = remove_stale_temporaries(tmp_path)
-    assert [os.path.basename(p) for p in removed] == [f"tmp{dead_pid}_checkpoint_latest.pth"]
+    assert sorted(os.path.basename(p) for p in removed) == sorted(
+        [f"tmp{dead_pid}-0a1b2c3d_checkpoint_latest.pth", earlier_run, "tmp99999999999999999999-0a1b2c3d_x.pth"])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        ["checkpoint_latest.pth", "tmp_notes.txt", f"tmp{os.getpid()}_progress_ssl.png"])
+        ["checkpoint_latest.pth", "tmp_notes.txt", "tmp20240101_checkpoint_best.pth", mine])
     assert remove_stale_temporaries(tmp_path / "absent") == []
 
 
@@ -520,16 +526,40 @@ def test_stale_folders_are_removed_and_a_set_aside_one_is_put_back(tmp_path):
 
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(finished.stdout)
-    for name in (f"tmp{dead_pid}_Dataset001_A", f"old{dead_pid}_Dataset001_A",  # killed between the two renames
-                 f"old{dead_pid}_Dataset002_B", "Dataset002_B",  # killed while deleting the replaced folder
-                 f"tmp{dead_pid}_Dataset003_C", f"tmp{os.getpid()}_Dataset004_D"):
+    dead = f"{dead_pid}-0a1b2c3d"
+    live = os.path.basename(_sibling(str(tmp_path / "Dataset004_D"), "tmp"))
+    for name in (f"tmp{dead}_Dataset001_A", f"old{dead}_Dataset001_A",  # killed between the two renames
+                 f"old{dead}_Dataset002_B", "Dataset002_B",  # killed while deleting the replaced folder
+                 f"tmp{dead}_Dataset003_C", live):
         (tmp_path / name).mkdir()
         (tmp_path / name / "file").write_text(name)
-    assert remove_stale_temporaries(tmp_path, "Dataset002_B") == [str(tmp_path / f"old{dead_pid}_Dataset002_B")]
+    assert remove_stale_temporaries(tmp_path, "Dataset002_B") == [str(tmp_path / f"old{dead}_Dataset002_B")]
     remove_stale_temporaries(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_A", "Dataset002_B",
-                                                          f"tmp{os.getpid()}_Dataset004_D"]
-    assert (tmp_path / "Dataset001_A" / "file").read_text() == f"old{dead_pid}_Dataset001_A"  # the old one, back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_A", "Dataset002_B", live]
+    assert (tmp_path / "Dataset001_A" / "file").read_text() == f"old{dead}_Dataset001_A"  # the old one, back
+
+
+def test_a_folder_swap_interrupted_between_its_renames_puts_the_old_folder_back(tmp_path, monkeypatch):
+    from nnunet_ccesemi.atomic import atomic_folder
+
+    target = tmp_path / "Dataset001_X"
+    target.mkdir()
+    (target / "old.txt").write_text("old")
+    real_rename, calls = os.rename, []
+
+    def interrupted_after_the_first(source, destination):
+        calls.append(destination)
+        real_rename(source, destination)
+        if len(calls) == 1:  # the old folder is set aside, the new one not yet in place
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "rename", interrupted_after_the_first)
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_folder(target) as tmp:
+            (Path(tmp) / "new.txt").write_text("new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Dataset001_X"]
+    assert (target / "old.txt").read_text() == "old"
 
 
 def test_every_cli_help_reads_cleanly(capsys):

@@ -454,7 +454,7 @@ def test_a_checkpoint_left_half_written_by_a_killed_run_is_removed_at_the_start(
 
     trainer = initialized(getattr(trainers, trainer_name))
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    torn = os.path.join(trainer.output_folder, f"tmp{int(finished.stdout)}_checkpoint_latest.pth")
+    torn = os.path.join(trainer.output_folder, f"tmp{int(finished.stdout)}-0a1b2c3d_checkpoint_latest.pth")
     with open(torn, "w") as f:
         f.write("torn")
     trainer.remove_interrupted_writes()
