@@ -1,5 +1,5 @@
 """Arguments the model commands share with ``nnUNetv2_predict``: defaults from nnU-Net's environment
-variables, and a device check before anything is loaded. Import-light (torch only when checking)."""
+variables, and checks of the sliding-window step and the device before anything is loaded. Import-light (torch only when checking)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,12 @@ def env_int(name: str, default: int) -> int:
         return int(os.environ.get(name) or default)
     except ValueError:
         return default
+
+
+def check_step_size(step_size: float) -> None:
+    """nnU-Net's sliding-window step, a fraction of the patch: refused here rather than by its assert."""
+    if not 0 < step_size <= 1:
+        raise ValueError(f"-step_size must be in (0, 1], got {step_size}")
 
 
 def check_device(device: str) -> None:

@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from nnunet_ccesemi.cli.arguments import check_device, env_int
+from nnunet_ccesemi.cli.arguments import check_device, check_step_size, env_int
 from nnunet_ccesemi.cli.plans import fold, trained_model_folder
 from nnunet_ccesemi.data.layout import UnlabeledDataError, find_cases
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
@@ -79,8 +79,7 @@ def check_arguments(args: argparse.Namespace) -> None:
                          f"{args.npp} -nps {args.nps}")
     if args.npp == 0 and args.uncertainty:
         raise ValueError("--uncertainty needs nnU-Net's worker path: use -npp and -nps of at least 1")
-    if not 0 < args.step_size <= 1:
-        raise ValueError(f"-step_size must be in (0, 1], got {args.step_size}")
+    check_step_size(args.step_size)
 
 
 def check_input_files(input_folder: str, model_folder: str) -> None:

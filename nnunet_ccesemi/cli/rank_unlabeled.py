@@ -16,8 +16,8 @@ import sys
 import time
 from os.path import join
 
+from nnunet_ccesemi.cli.arguments import check_device, check_step_size, env_int
 from nnunet_ccesemi.cli.plans import dataset_name, fold, trained_model_folder
-from nnunet_ccesemi.cli.arguments import check_device, env_int
 from nnunet_ccesemi.inference.ranking import DEFAULT_SCORE, SCORES, network_grid_spacing, rank, score_case
 
 COLUMNS = ("rank", "case", *SCORES, "foreground_voxels", "empty_foreground")
@@ -88,8 +88,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise ValueError("--top must be at least 1")
     if args.npp < 1:
         raise ValueError(f"-npp must be at least 1, got {args.npp}")
-    if not 0 < args.step_size <= 1:
-        raise ValueError(f"-step_size must be in (0, 1], got {args.step_size}")
+    check_step_size(args.step_size)
     if os.path.isdir(args.o):
         raise ValueError(f"-o {args.o} is a folder; give the CSV file to write, e.g. {join(args.o, 'ranking.csv')}")
     folder = os.path.dirname(os.path.abspath(args.o))

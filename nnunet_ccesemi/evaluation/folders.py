@@ -62,9 +62,10 @@ CONVENTIONS = {
 }
 REGION_CONVENTION = ("a region (a tuple of labels) is scored on the mask of the voxels whose label is in the tuple, "
                      "in the reference and in the prediction (nnU-Net's region_or_label_to_mask); its key is the "
-                     "tuple as nnU-Net writes it, e.g. \"(1, 2, 3)\" (a one-label region is keyed as that label, \"3\", where "
-                     "nnU-Net writes \"(3,)\" for a dataset.json entry [3]; the masks are the same); with lcc on, the predicted region mask is "
-                     "reduced to its largest connected component; foreground_mean averages labels and regions")
+                     "tuple as nnU-Net writes it, e.g. \"(1, 2, 3)\" (a one-label region is keyed as that label, "
+                     "\"3\", where nnU-Net writes \"(3,)\" for a dataset.json entry [3]; the masks are the same); "
+                     "with lcc on, the predicted region mask is reduced to its largest connected component; "
+                     "foreground_mean averages labels and regions")
 EMPTY_CONVENTION_TEXT = {
     "nan": "HD95, ASD and ASSD are NaN (null in JSON) when the prediction or the reference is empty; those "
            "cases are excluded from the distance means and counted in n_excluded_empty",

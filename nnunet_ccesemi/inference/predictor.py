@@ -109,9 +109,8 @@ class DualNetworkPredictor(nnUNetPredictor):
 
     @staticmethod
     def _peer_weights(checkpoint_path: str) -> tuple[dict, MethodConfig]:
-        if not os.path.isfile(checkpoint_path):
-            raise FileNotFoundError(f"no checkpoint at {checkpoint_path} (train this fold first, or pick another "
-                                    f"checkpoint with -chk)")
+        """Network B's weights and the method configuration of an existing checkpoint (missing ones are
+        named, with the folds that exist, by :meth:`initialize_from_trained_model_folder`)."""
         try:
             checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
         except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as e:

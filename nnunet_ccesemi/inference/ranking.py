@@ -30,17 +30,15 @@ class Score:
 
 SCORES: dict[str, Score] = {
     "disagreement": Score("mean symmetric KL divergence KL(A||B) + KL(B||A) between the two networks' softmax over "
-                          "the voxels either network calls foreground (regions: the Bernoulli KL summed over the regions); high = "
-                          "the networks disagree", True, 0.0),
-    "entropy": Score("mean normalised entropy (0..1) of the averaged softmax (regions: the binary entropy "
-                     "averaged over the regions) over the same voxels; high = the "
-                     "ensemble is unsure", True, 0.0),
+                          "the voxels either network calls foreground (regions: the Bernoulli KL summed over the "
+                          "regions); high = the networks disagree", True, 0.0),
+    "entropy": Score("mean normalised entropy (0..1) of the averaged softmax (regions: the binary entropy averaged "
+                     "over the regions) over the same voxels; high = the ensemble is unsure", True, 0.0),
     "soft_dice": Score("soft Dice 2·Σ fA·fB / (Σ fA + Σ fB) of the two networks' foreground probabilities "
-                       "f = 1 − p(background) (regions: f = max_r p_r), over the whole case; low = the networks segment different "
-                       "structures", False, 1.0),
+                       "f = 1 − p(background) (regions: f = max_r p_r), over the whole case; low = the networks "
+                       "segment different structures", False, 1.0),
     "volume_ml": Score("foreground volume of the averaged prediction in ml (argmax ≠ background, regions: any "
-                       "p_r > 0.5; network grid); "
-                       "large first", True, 0.0),
+                       "p_r > 0.5; network grid); large first", True, 0.0),
 }
 # Spearman against the true error on the Left Atrium development data (60 unlabelled cases): soft_dice
 # +0.726 (CPS model) and +0.630 (CCE model), the best score on both (benchmarks/results/la_ranking_*.txt)
