@@ -16,7 +16,8 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO, SimpleITKIOWit
 
 from nnunet_ccesemi.image_files import check_image_file
 from nnunet_ccesemi.inference.map_export import write_float_map
-from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
+from nnunet_ccesemi.inference.uncertainty import (logits_of_mean_probability, predictive_entropy, symmetric_kl,
+                                                  uncertainty_maps)
 from tests.conftest import CONFIG, DATASET_ID, copy_dataset, run_cli, trained_folder
 
 TRAINER = "nnUNetTrainerCCE_5epochs"
@@ -41,6 +42,39 @@ def test_symmetric_kl_of_saturated_outputs_is_finite():
     assert torch.isfinite(symmetric_kl(one_hot, one_hot.flip(0))).all()
     with pytest.raises(ValueError, match="differ in shape"):
         symmetric_kl(one_hot, torch.ones(3, 1) / 3)
+
+
+@pytest.mark.parametrize("regions", [False, True])
+def test_uncertainty_maps_made_slab_by_slab_are_those_of_the_whole_volume(regions):
+    generator = torch.Generator().manual_seed(0)
+    logits_a, logits_b = (8 * torch.randn(3, 7, 4, 5, generator=generator) for _ in range(2))
+    nonlin = torch.sigmoid if regions else (lambda z: torch.softmax(z, 0))
+    probs_a, probs_b = nonlin(logits_a), nonlin(logits_b)
+    whole = {"entropy": predictive_entropy((probs_a + probs_b) / 2, regions=regions),
+             "disagreement": symmetric_kl(probs_a, probs_b, regions=regions)}
+    for slab_voxels in (1, 40, 41, 10 ** 6):  # one row, two rows, two rows and a bit, everything
+        maps = uncertainty_maps([logits_a, logits_b], regions=regions, slab_voxels=slab_voxels)
+        assert list(maps) == ["entropy", "disagreement"]
+        for name in whole:  # per voxel the same sums, up to the order SIMD lanes add them in
+            torch.testing.assert_close(maps[name], whole[name], atol=1e-6, rtol=1e-6)
+    alone = uncertainty_maps([logits_a], regions=regions, slab_voxels=20)
+    assert list(alone) == ["entropy"]
+    torch.testing.assert_close(alone["entropy"], predictive_entropy(probs_a, regions=regions), atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="differ in shape"):
+        uncertainty_maps([logits_a, logits_b[:, :3]])
+
+
+def test_without_network_b_the_predictor_refuses_what_needs_it(tmp_path):
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+    data = torch.zeros(1, 4, 4, 4)
+    for kwargs in ({"networks": "both"}, {"networks": "b"}, {"networks": "a", "uncertainty_folder": str(tmp_path)}):
+        predictor = DualNetworkPredictor(device=torch.device("cpu"), **kwargs)  # network B never loaded
+        with pytest.raises(RuntimeError, match="network B is not loaded"):
+            predictor.predict_logits_from_preprocessed_data(data)
+    with pytest.raises(ValueError, match="not by nnU-Net's sequential mode"):
+        predictor = DualNetworkPredictor(device=torch.device("cpu"), uncertainty_folder=str(tmp_path))
+        predictor.predict_from_files_sequential(str(tmp_path), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_mean_softmax_logits_in_log_space():

@@ -40,7 +40,8 @@ from nnunet_ccesemi.atomic import atomic_path
 from nnunet_ccesemi.config import MethodConfig
 from nnunet_ccesemi.image_files import ImageFileError, check_image_file
 from nnunet_ccesemi.inference.map_export import write_float_map
-from nnunet_ccesemi.inference.uncertainty import logits_of_mean_probability, predictive_entropy, symmetric_kl
+from nnunet_ccesemi.inference.uncertainty import (logits_of_mean_probability, predictive_entropy, symmetric_kl,
+                                                  uncertainty_maps)
 from nnunet_ccesemi.training.checkpoint import PEER_WEIGHTS_KEY, CheckpointError
 from nnunet_ccesemi.training.checkpoint import saved_method_config
 from nnunet_ccesemi.training.networks import build_peer_network
@@ -150,6 +151,13 @@ class DualNetworkPredictor(nnUNetPredictor):
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         if self.network_b is None:  # initialised by nnU-Net's manual_initialization: A only
+            if self.networks != "a" or self.uncertainty_folder is not None:
+                raise RuntimeError(
+                    f"network B is not loaded (the predictor was set up with manual_initialization, which takes "
+                    f"one network), so networks={self.networks!r}"
+                    + (" and uncertainty maps" if self.uncertainty_folder is not None else "")
+                    + " cannot be predicted: use initialize_from_trained_model_folder, or networks='a' without "
+                    "uncertainty_folder")
             return super().predict_logits_from_preprocessed_data(data)
         members = ("a", "b") if self.networks == "both" else (self.networks,)
         regions = self.label_manager.has_regions
@@ -158,14 +166,23 @@ class DualNetworkPredictor(nnUNetPredictor):
         if not writes_maps:
             # one member's logits at a time besides the running log-sums
             return logits_of_mean_probability((self._logits(data, network) for network in members), regions)
-        logits = {network: self._logits(data, network) for network in members}
-        probs = {network: self.label_manager.apply_inference_nonlin(z) for network, z in logits.items()}
-        maps = {"entropy": predictive_entropy(sum(probs.values()) / len(probs), regions=regions)}
-        if len(probs) == 2:
-            maps["disagreement"] = symmetric_kl(probs["a"], probs["b"], regions=regions)
-        self._write_uncertainty_maps(maps, self._current_case)
-        del probs  # before the log-sums are allocated
-        return logits_of_mean_probability(logits.values(), regions)
+        logits = [self._logits(data, network) for network in members]
+        self._write_uncertainty_maps(uncertainty_maps(logits, regions), self._current_case)
+        # handed over one by one, so that each member's logits are freed once they are in the log-sums
+        return logits_of_mean_probability((logits.pop(0) for _ in members), regions)
+
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder,
+                                      output_folder_or_list_of_truncated_output_files,
+                                      save_probabilities: bool = False, overwrite: bool = True,
+                                      folder_with_segs_from_prev_stage: str = None):
+        if self.uncertainty_folder is not None:
+            # nnU-Net's sequential loop hands the sliding window the image alone: no case name, no geometry
+            raise ValueError("uncertainty maps are written by predict_from_files (and predict_from_data_iterator), "
+                             "not by nnU-Net's sequential mode: use predict_from_files, or set "
+                             "uncertainty_folder=None")
+        return super().predict_from_files_sequential(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+            overwrite, folder_with_segs_from_prev_stage)
 
     def predict_from_data_iterator(self, data_iterator: Iterable, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):

@@ -9,7 +9,7 @@ symmetric KL of the joint distribution of independent outputs).
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +49,35 @@ def symmetric_kl(probs_a: torch.Tensor, probs_b: torch.Tensor, eps: float = 1e-8
     probs_a, probs_b = probs_a.float(), probs_b.float()
     log_ratio = probs_a.clamp_min(eps).log() - probs_b.clamp_min(eps).log()
     return ((probs_a - probs_b) * log_ratio).sum(0)
+
+
+def uncertainty_maps(member_logits: Sequence[torch.Tensor], regions: bool = False, slab_voxels: int = 2 ** 22
+                     ) -> dict[str, torch.Tensor]:
+    """The maps of :func:`predictive_entropy` (of the members' mean probability) and, for two members,
+    :func:`symmetric_kl`, from the members' (C, *spatial) logits.
+
+    Probabilities are softmax over axis 0 (sigmoid per channel with ``regions``), as nnU-Net's inference
+    nonlinearity. They are made one slab of about ``slab_voxels`` voxels along the first spatial axis at a
+    time: every step is per voxel, so the maps are the same, and a large case never holds the members'
+    full probability volumes besides their logits (about 30 bytes per class and voxel at once, against the
+    4 of nnU-Net's half-precision logits).
+    """
+    if not member_logits:
+        raise ValueError("no member logits to make uncertainty maps of")
+    shape = member_logits[0].shape
+    if any(logits.shape != shape for logits in member_logits):
+        raise ValueError(f"member logits differ in shape: {[tuple(logits.shape) for logits in member_logits]}")
+    names = ("entropy", "disagreement") if len(member_logits) == 2 else ("entropy",)
+    maps = {name: torch.empty(shape[1:], dtype=torch.float32, device=member_logits[0].device) for name in names}
+    step = max(1, slab_voxels // max(1, math.prod(shape[2:])))
+    for start in range(0, shape[1], step):
+        slab = slice(start, start + step)
+        probs = [torch.sigmoid(logits[:, slab].float()) if regions else torch.softmax(logits[:, slab].float(), 0)
+                 for logits in member_logits]
+        maps["entropy"][slab] = predictive_entropy(sum(probs) / len(probs), regions=regions)
+        if len(probs) == 2:
+            maps["disagreement"][slab] = symmetric_kl(probs[0], probs[1], regions=regions)
+    return maps
 
 
 def logits_of_mean_probability(member_logits: Iterable[torch.Tensor], regions: bool = False) -> torch.Tensor:
