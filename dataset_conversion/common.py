@@ -15,11 +15,11 @@ import argparse
 import contextlib
 import dataclasses
 import hashlib
-import math
 import os
 import re
 import shlex
 import sys
+from decimal import ROUND_HALF_UP, Decimal
 from importlib import metadata
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
@@ -153,7 +153,8 @@ def resolve_num_labeled(num_train: int, labeled: int | None, labeled_fraction: f
     if labeled_fraction is not None:
         if not 0.0 < labeled_fraction <= 1.0:
             raise ConversionError(f"--labeled-fraction must be in (0, 1], got {labeled_fraction}")
-        labeled = int(math.floor(labeled_fraction * num_train + 0.5))
+        # in decimal, as the user wrote the fraction: 0.15 * 70 is 10.4999... in binary floating point
+        labeled = int((Decimal(str(labeled_fraction)) * num_train).quantize(Decimal(1), rounding=ROUND_HALF_UP))
         if labeled < 1:
             raise ConversionError(f"--labeled-fraction {labeled_fraction} of {num_train} train "
                                   f"cases rounds to 0 labelled cases")
@@ -192,6 +193,17 @@ def make_split(train_ids: Sequence[str], test_ids: Sequence[str], num_labeled: i
 # --------------------------------------------------------------------------------------------
 # Command-line pieces shared by the converters
 # --------------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
+    return value
+
+
 def add_output_arguments(parser: argparse.ArgumentParser, default_name: str) -> None:
     """``-d``, ``--name``, ``-o``, ``--overwrite`` and ``-np``."""
     parser.add_argument("-d", "--dataset-id", type=int, required=True,
@@ -203,7 +215,7 @@ def add_output_arguments(parser: argparse.ArgumentParser, default_name: str) -> 
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing DatasetXXX_<name> (only once the new one is "
                              "complete)")
-    parser.add_argument("-np", "--num-processes", type=int,
+    parser.add_argument("-np", "--num-processes", type=_positive_int,
                         default=max(1, min(2, os.cpu_count() or 1)),
                         help="worker processes (default: %(default)s)")
 
@@ -273,6 +285,16 @@ def check_dataset_id_free(output_root: Path, folder_name: str) -> None:
         if others:
             raise ConversionError(f"{root} already holds {', '.join(others)} with the same "
                                   f"dataset ID; choose another -d or remove it")
+
+
+# the converters' options that name a file to read (split lists, label and channel JSON)
+_OPTION_FILES = ("train_list", "test_list", "exclude_list", "val_list", "labels_json", "channel_names_json")
+
+
+def option_files(args: argparse.Namespace) -> list[str]:
+    """The files the command line's list and JSON options name: inputs too, for
+    :func:`atomic_dataset_dir`'s ``sources`` (a split list kept inside the dataset it converts into)."""
+    return [path for name in _OPTION_FILES if (path := getattr(args, name, None))]
 
 
 @contextlib.contextmanager
@@ -403,8 +425,11 @@ def name_files(paths: Sequence[object], limit: int = 10) -> str:
 
 
 def write_image(image: sitk.Image, path: Path) -> None:
-    """Write compressed (``.nii.gz``)."""
-    sitk.WriteImage(image, str(path), True)
+    """Write compressed (``.nii.gz``); ITK's many-line error (a full disk, a quota) becomes one sentence."""
+    try:
+        sitk.WriteImage(image, str(path), True)
+    except RuntimeError as e:
+        raise ConversionError(f"cannot write {path}: {image_files.short_itk_message(e)}") from e
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,7 +51,7 @@ from nnunet_ccesemi.parallel import run_jobs
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
                      check_finite, check_label_values, check_same_grid, check_scalar_volume,
-                     dataset_folder_name, describe_list, make_split, name_files, read_case_list,
+                     dataset_folder_name, option_files, describe_list, make_split, name_files, read_case_list,
                      read_image,
                      resolve_num_labeled, resolve_output_root, shipped_list,
                      subfolders, write_dataset_json, write_image, run_converter)
@@ -368,7 +368,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     folder_name = dataset_folder_name(args.dataset_id, args.name)
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
-    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[root]) as out_dir:
+    with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[root, *option_files(args)]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs", "labelsTs"] if split.test else []
         for folder in folders:

@@ -63,7 +63,7 @@ from nnunet_ccesemi.parallel import run_jobs
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_channel_grid, check_dataset_id_free,
                      check_label_values, check_same_grid, check_scalar_volume,
-                     dataset_folder_name, describe_list, make_split, name_files, read_case_list,
+                     dataset_folder_name, option_files, describe_list, make_split, name_files, read_case_list,
                      read_image, resolve_num_labeled, resolve_output_root,
                      shipped_list, subfolders, write_dataset_json, write_image, run_converter)
 
@@ -378,7 +378,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     target = output_root / folder_name
     converted = split.labeled + split.unlabeled + split.test + tuple(validation)
     with atomic_dataset_dir(target, overwrite=args.overwrite,
-                            sources=[root, *extra_roots]) as out_dir:
+                            sources=[root, *extra_roots, *option_files(args)]) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs", "labelsTs"] if split.test else []
         folders += ["imagesVal", "labelsVal"] if validation else []

@@ -54,7 +54,7 @@ from nnunet_ccesemi.parallel import run_jobs
 
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments, case_id_problem,
                      atomic_dataset_dir, check_channel_grid, check_dataset_id_free, check_label_values,
-                     check_same_grid, check_scalar_volume, dataset_folder_name,
+                     check_same_grid, check_scalar_volume, dataset_folder_name, option_files,
                      name_files, read_image, resolve_output_root, write_dataset_json,
                      write_image, run_converter)
 
@@ -198,8 +198,9 @@ def check_same_naming(index: dict[str, Path], suffixes: Sequence[str], folder: P
     if channel_named:
         raise ConversionError(f"{name_files(channel_named)} in {folder} follow nnU-Net's channel "
                               f"naming <case>_0000.<ext>, but the labelled images in {images_dir} "
-                              f"have one file <case>.<ext> per case; name both folders alike (or "
-                              f"give --channel-suffixes)")
+                              f"have one file <case>.<ext> per case; name both folders alike, or "
+                              f"give --channel-suffixes (--channel-suffixes \"\" if these are case IDs "
+                              f"that end in four digits)")
 
 
 def _has_suffix(stem: str, suffix: str) -> bool:
@@ -558,7 +559,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     allowed = tuple(sorted(mapping.values())) if mapping is not None else None
     with atomic_dataset_dir(target, overwrite=args.overwrite, sources=[
             path for path in (args.images, args.labels, args.unlabeled, args.test_images,
-                              args.test_labels) if path]) as out_dir:
+                              args.test_labels) if path] + option_files(args)) as out_dir:
         folders = ["imagesTr", "labelsTr", "imagesUnlabeled"]
         folders += ["imagesTs"] if split.test else []
         folders += ["labelsTs"] if roles["test"].labels else []

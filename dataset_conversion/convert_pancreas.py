@@ -76,7 +76,7 @@ from nnunet_ccesemi.parallel import run_jobs
 from .common import (NIFTI_ENDING, ConversionError, Split, add_output_arguments,
                      add_split_arguments, atomic_dataset_dir, check_dataset_id_free,
                      check_label_values, check_scalar_volume,
-                     dataset_folder_name, describe_list, make_split, name_files, read_case_list,
+                     dataset_folder_name, option_files, describe_list, make_split, name_files, read_case_list,
                      read_image, resolve_num_labeled, resolve_output_root,
                      shipped_list, subfolders, write_dataset_json, write_image, run_converter)
 
@@ -177,15 +177,17 @@ def find_cases_dir(root: Path) -> Path:
     """The folder holding the ``PANCREAS_NNNN`` case folders."""
     if not root.is_dir():
         raise ConversionError(f"the input folder {root} does not exist")
-    # the NBIA Data Retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/...
+    # the NBIA Data Retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/... and its
+    # command-line version 4 <destination>/<manifest file name>/Pancreas-CT/... (Pancreas-CT-20200910)
     candidates = [root / name if name else root for name in CASES_DIR_CANDIDATES]
-    candidates += sorted(root.glob("manifest-*/Pancreas-CT"))
+    candidates += sorted(folder for folder in root.glob("*/Pancreas-CT") if folder not in candidates)
     found = [folder for folder in candidates
              if folder.is_dir() and any(p.is_dir() and _CASE_FOLDER.match(p.name) for p in folder.iterdir())]
     if not found:
         raise ConversionError(f"no Pancreas-CT cases found in {root}: expected case folders "
                               f"PANCREAS_NNNN/<study>/<series>/*.dcm in it, in {root / 'Pancreas-CT'} "
-                              f"or in {root / 'manifest-*' / 'Pancreas-CT'} (the NBIA Data Retriever's)")
+                              f"or in {root / '*' / 'Pancreas-CT'} (the NBIA Data Retriever's manifest-* "
+                              f"or Pancreas-CT-<date> folder)")
     if len(found) > 1:
         raise ConversionError(f"case folders PANCREAS_NNNN in several places "
                               f"({', '.join(map(str, found))}); pass the one to use as -i")
@@ -576,7 +578,7 @@ def convert(args: argparse.Namespace, command: str) -> dict:
     check_dataset_id_free(output_root, folder_name)
     target = output_root / folder_name
     with atomic_dataset_dir(target, overwrite=args.overwrite,
-                            sources=[root, labels_dir]) as out_dir:
+                            sources=[root, labels_dir, *option_files(args)]) as out_dir:
         for folder in ["imagesTr", "labelsTr", "imagesUnlabeled"] + (
                 ["imagesTs", "labelsTs"] if split.test else []):
             (out_dir / folder).mkdir()

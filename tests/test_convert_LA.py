@@ -306,6 +306,33 @@ def test_existing_dataset_needs_overwrite(h5_root, lists, tmp_path, capsys):
     assert names(out) == {"Dataset601_LeftAtrium"}
 
 
+def test_a_split_list_kept_inside_the_dataset_is_not_deleted_by_overwrite(h5_root, lists, tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert convert(h5_root, out, lists, "--labeled", "2") == 0
+    kept = dataset_dir(out) / "my_train.list"
+    kept.write_bytes(lists["train"].read_bytes())
+    capsys.readouterr()
+    assert convert(h5_root, out, {**lists, "train": kept}, "--labeled", "3", "--overwrite") == 1
+    err = capsys.readouterr().err
+    assert f"the input {kept} lies inside {dataset_dir(out)}" in err and "nothing was changed" in err
+    assert kept.read_bytes() == lists["train"].read_bytes()
+    assert len(list((dataset_dir(out) / "imagesTr").iterdir())) == 2
+
+
+def test_an_image_itk_cannot_write_is_one_line_naming_the_file(h5_root, lists, tmp_path, capsys, monkeypatch):
+    import SimpleITK
+
+    def full_disk(image, path, *args):
+        raise RuntimeError(f"Exception thrown in SimpleITK ImageFileWriter_Execute: /src/itkNiftiImageIO.cxx:2158:\n"
+                           f"ITK ERROR: NiftiImageIO(0x55d): Could not write file: {path}")
+    monkeypatch.setattr(SimpleITK, "WriteImage", full_disk)
+    assert convert(h5_root, tmp_path / "raw", lists, "--labeled", "2") == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Exception thrown" not in err
+    assert "error: cannot write " in err.splitlines()[-1] and "_0000.nii.gz: ITK ERROR: NiftiImageIO" in err
+    assert not (tmp_path / "raw" / "Dataset601_LeftAtrium").exists()
+
+
 def test_failed_run_leaves_existing_dataset_and_no_temporary_folder(h5_root, lists, tmp_path,
                                                                      capsys):
     out = tmp_path / "raw"
@@ -530,6 +557,20 @@ def test_both_layouts_need_a_choice(h5_root, lists, tmp_path, capsys):
 ])
 def test_resolve_num_labeled(labeled, fraction, expected):
     assert resolve_num_labeled(80, labeled, fraction, default=8) == expected
+
+
+@pytest.mark.parametrize("value", ["0", "-2", "two"])
+def test_worker_count_must_be_positive(h5_root, lists, tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["-i", str(h5_root), "-o", str(tmp_path / "raw"), "-d", "601", "-np", value])
+    assert exit_info.value.code == 2
+    assert "-np/--num-processes" in capsys.readouterr().err and not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("num_train, fraction, expected", [(70, 0.15, 11), (10, 0.05, 1), (30, 0.35, 11)])
+def test_labeled_fraction_rounds_half_up_as_written_in_decimal(num_train, fraction, expected):
+    # 0.15 * 70 is 10.499999999999998 in binary floating point: half up of the written 10.5 is 11
+    assert resolve_num_labeled(num_train, None, fraction, default=8) == expected
 
 
 @pytest.mark.parametrize("labeled, fraction, message", [

@@ -521,6 +521,16 @@ def test_case_ids_ending_in_four_digits_in_every_folder(tmp_path):
     assert names(dataset_dir(out) / "imagesUnlabeled") == {"liver_0050_0000.nii.gz"}
 
 
+def test_unlabelled_ids_ending_in_four_digits_pass_with_the_empty_suffix_the_refusal_names(single, tmp_path,
+                                                                                           capsys):
+    write(image_array(0), single["unlabeled"] / "scan_2019.nii.gz")
+    out = tmp_path / "raw"
+    assert convert(single, out) == 1
+    assert 'give --channel-suffixes (--channel-suffixes "" if these are case IDs' in capsys.readouterr().err
+    assert convert(single, out, "--channel-suffixes", "") == 0
+    assert "scan_2019_0000.nii.gz" in names(dataset_dir(out) / "imagesUnlabeled")
+
+
 def test_input_inside_the_dataset_it_would_replace_is_refused(single, tmp_path, capsys):
     # reconverting a dataset from its own folders (new label names, say): --overwrite would
     # delete the input along with the old dataset

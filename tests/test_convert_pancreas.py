@@ -529,9 +529,11 @@ def test_labels_option_and_missing_label_folder(copy, lists, tmp_path, capsys):
     assert meta_of(out)["conversion"]["source"]["labels_dir"] == str(moved)
 
 
-def test_nbia_data_retriever_destination(copy, lists, tmp_path, capsys):
-    """The retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/...; -i <destination>."""
-    manifest = copy / "manifest-1599750808610" / "Pancreas-CT"
+@pytest.mark.parametrize("download", ["manifest-1599750808610", "Pancreas-CT-20200910"])
+def test_nbia_data_retriever_destination(copy, lists, tmp_path, capsys, download):
+    """The retriever writes <destination>/manifest-<timestamp>/Pancreas-CT/PANCREAS_NNNN/... (its command-line
+    version 4: <destination>/<manifest file name>/Pancreas-CT/...); -i <destination>."""
+    manifest = copy / download / "Pancreas-CT"
     manifest.mkdir(parents=True)
     for case in copy.glob("PANCREAS_*"):
         shutil.move(str(case), manifest)
@@ -547,7 +549,7 @@ def test_no_cases_in_input(tmp_path, lists, capsys):
     (tmp_path / "empty").mkdir()
     assert convert(tmp_path / "empty", tmp_path / "raw", lists) == 1
     err = capsys.readouterr().err
-    assert "PANCREAS_NNNN/<study>/<series>/*.dcm" in err and "manifest-*" in err
+    assert "PANCREAS_NNNN/<study>/<series>/*.dcm" in err and "manifest-* or Pancreas-CT-<date>" in err
 
 
 def test_console_script_is_installed():
