@@ -77,6 +77,44 @@ def test_without_network_b_the_predictor_refuses_what_needs_it(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("configuration", ["3d_fullres", "2d"])
+def test_maps_go_back_to_the_input_geometry_as_nnunets_export_does(configuration):
+    """A map on the network grid lands where nnU-Net's export puts the probabilities of the same grid, through a
+    transpose, a crop and a resampling that each change something (the trained test datasets have none)."""
+    import json
+
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnunet_ccesemi.inference.predictor import DualNetworkPredictor
+    plans_dir = Path(__file__).resolve().parents[1] / "benchmarks" / "plans" / "Dataset602_LA0625"
+    plans = json.loads((plans_dir / "nnUNetPlans.json").read_text())
+    plans["transpose_forward"], plans["transpose_backward"] = [2, 0, 1], [1, 2, 0]
+    predictor = DualNetworkPredictor(device=torch.device("cpu"))
+    predictor.plans_manager = PlansManager(plans)
+    predictor.configuration_manager = predictor.plans_manager.get_configuration(configuration)
+    predictor.dataset_json = json.loads((plans_dir / "dataset.json").read_text())
+    label_manager = predictor.plans_manager.get_label_manager(predictor.dataset_json)
+    # the image is (14, 11, 9) voxels of 1.0 x 0.8 x 0.625 mm; transposed (9, 14, 11), cropped to (7, 11, 10)
+    properties = {"spacing": [1.0, 0.8, 0.625], "shape_before_cropping": (9, 14, 11),
+                  "bbox_used_for_cropping": [[1, 8], [2, 13], [0, 10]],
+                  "shape_after_cropping_and_before_resampling": (7, 11, 10)}
+    network_grid = (7, 18, 13) if configuration == "3d_fullres" else (7, 14, 10)
+    generator = torch.Generator().manual_seed(0)
+    logit_map = 4 * torch.rand(network_grid, generator=generator) - 2
+
+    mine = predictor._to_input_geometry(logit_map[None], properties)[0]
+    # nnU-Net's export of the two-class logits (0, z): its class-1 probability is sigmoid(resampled z)
+    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        torch.stack((torch.zeros(network_grid), logit_map)), predictor.plans_manager,
+        predictor.configuration_manager, label_manager, properties, return_probabilities=True, num_threads_torch=1)
+    assert mine.shape == probabilities.shape[1:] == (14, 11, 9)
+    inside = probabilities[0] < 1  # nnU-Net gives the voxels outside its crop background probability 1
+    assert inside.sum() == 7 * 11 * 10
+    np.testing.assert_allclose(mine[inside], np.log(probabilities[1][inside] / probabilities[0][inside]), atol=1e-4)
+    assert np.all(mine[~inside] == 0)
+
+
 def test_mean_softmax_logits_in_log_space():
     # (C=3, 4 voxels); the last voxel's gaps of 120 underflow float32 softmax probabilities to 0
     za = torch.tensor([[2.0, 0.0, -1.0, 60.0], [0.5, 0.0, 3.0, -60.0], [-1.0, 0.0, 0.0, 0.0]])
