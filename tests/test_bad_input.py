@@ -10,12 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from nnunetv2.imageio.nibabel_reader_writer import NibabelIO
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 from nnunet_ccesemi.data.layout import UnlabeledDataError, check_preprocessed_unlabeled, manifest_path
 from nnunet_ccesemi.data.preprocess import check_dimensionality
-from nnunet_ccesemi.training.seeding import seed_from_environment, stream_seed
+from nnunet_ccesemi.training.seeding import seed_from_environment, stream_seed, worker_seeds
 from tests.conftest import CONFIG, DATASET_ID, run_cli
 
 COMMAND = "nnUNetv2_ccesemi_preprocess_unlabeled -d Dataset777_Tiny -c 3d_cpu -p nnUNetPlans"
@@ -132,6 +133,44 @@ def test_resumed_runs_and_ranks_get_their_own_streams():
     assert stream_seed(12, 0, 0) == 12 and stream_seed(12, 1, 0) == 13  # a fresh run as before
     seeds = {stream_seed(12, rank, epoch) for rank in range(8) for epoch in range(1000)}
     assert len(seeds) == 8000  # no resumed epoch or rank replays another's stream
+
+
+def test_augmentation_workers_get_their_own_seeds():
+    seeds = worker_seeds(12, 1, 4)
+    assert seeds == worker_seeds(12, 1, 4)  # repeatable from the run's seed
+    assert len(set(seeds + worker_seeds(12, 0, 4) + worker_seeds(13, 1, 4))) == 12
+    assert all(0 <= seed < 2 ** 32 for seed in seeds)  # NumPy's seed range
+    assert worker_seeds(12, 1, 0) == []
+
+
+@pytest.mark.integration
+def test_unlabelled_augmentation_workers_do_not_repeat_each_others_draws(planned_dataset):
+    """batchgenerators' unseeded workers all keep the torch generator they were forked with, so each
+    repeats the others' torch-driven augmentation decisions; the trainer seeds the unlabelled ones."""
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+
+    from nnunet_ccesemi.data.layout import preprocessed_unlabeled_folder
+    from nnunet_ccesemi.data.stream import make_unlabeled_stream
+
+    folder = preprocessed_unlabeled_folder(planned_dataset["preprocessed"], "nnUNetPlans_3d_fullres")
+    dataset = infer_dataset_class(folder)(folder)
+    labels = LabelManager({"background": 0, "sphere": 1}, regions_class_order=None)
+
+    def torch_driven(image, segmentation):  # stands in for a batchgeneratorsv2 transform's torch.rand(1)
+        return {"image": torch.full_like(image, float(torch.rand(1))), "segmentation": segmentation}
+
+    def first_draws(seeds):
+        torch.manual_seed(0)
+        stream = make_unlabeled_stream(dataset, 1, (16, 16, 16), (16, 16, 16), labels, torch_driven,
+                                       num_processes=2, pin_memory=False, seeds=seeds)
+        try:
+            return [float(next(stream)["data"].flatten()[0]) for _ in range(8)]
+        finally:
+            stream._finish()
+
+    assert len(set(first_draws(None))) < 8  # the unseeded workers draw the same numbers
+    assert len(set(first_draws(worker_seeds(12, 1, 2)))) == 8
 
 
 def test_preprocess_unlabelled_names_an_unknown_dataset(tmp_path, monkeypatch):

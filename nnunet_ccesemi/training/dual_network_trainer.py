@@ -57,13 +57,14 @@ from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, check_dual_net
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
 from nnunet_ccesemi.training.diagnostics import dead_term_warnings
 from nnunet_ccesemi.training.networks import build_peer_network, unwrap
-from nnunet_ccesemi.training.seeding import SeededFromEnvironment
+from nnunet_ccesemi.training.seeding import SeededFromEnvironment, stream_seed, worker_seeds
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
 STAT_PREFIX = "ccesemi_"  # logger keys of the method's per-epoch statistics
 UNSUPERVISED_TERMS = ("disagreement", "entropy_filter", "cps", "cosine", "contrast", "total")
 FRACTION_STATS = ("reliable_fraction", "agreement", "mean_kl_weight")
 PER_CLASS_FRACTIONS = ("reliable_fraction_c", "prototype_present_c", "reliable_fraction_r", "prototype_present_r")
+UNLABELED_STREAM = 1  # worker_seeds' stream number of the unlabelled loader
 # A scheduler's lists with one entry per parameter group (LRScheduler's base_lrs, LambdaLR's lr_lambdas)
 PER_GROUP_SCHEDULER_LISTS = ("base_lrs", "lr_lambdas")
 
@@ -281,9 +282,14 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             foreground_labels=self.label_manager.foreground_labels, regions=None,
             ignore_label=self.label_manager.ignore_label)
         dataset = infer_dataset_class(self.unlabeled_folder)(self.unlabeled_folder, identifiers)
+        num_processes = get_allowed_n_proc_DA()
+        # seeded workers: left unseeded, each would repeat the torch-driven augmentation decisions of the
+        # labelled loader's worker of the same index, forked from the same state
+        seeds = worker_seeds(stream_seed(self.seed, self.local_rank, self.current_epoch), UNLABELED_STREAM,
+                             num_processes)
         stream = make_unlabeled_stream(dataset, self.batch_size, initial_patch_size,
                                        self.configuration_manager.patch_size, self.label_manager, transforms,
-                                       get_allowed_n_proc_DA(), pin_memory=self.device.type == "cuda")
+                                       num_processes, pin_memory=self.device.type == "cuda", seeds=seeds)
         next(stream)  # start the workers now, not inside the first timed iteration
         return stream
 
