@@ -66,6 +66,9 @@ def test_demo_refuses_a_bad_dataset_id_and_names_a_failed_step(tmp_path, monkeyp
     with pytest.raises(SystemExit):
         demo_main(["--workdir", str(tmp_path / "demo"), "--dataset-id", "1000"])
     assert "--dataset-id must be between 1 and 999" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # only 3d_fullres is preprocessed: a 2d run would fail in nnUNetv2_train
+        demo_main(["--workdir", str(tmp_path / "demo"), "--configuration", "2d"])
+    assert "invalid choice: '2d'" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
     monkeypatch.setattr(demo_module, "command_path", lambda name: "false")
     with pytest.raises(demo_module.DemoStepFailed, match="nnUNetv2_plan_and_preprocess exited with status 1"):

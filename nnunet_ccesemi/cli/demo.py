@@ -94,7 +94,9 @@ def main(argv=None) -> None:
     parser.add_argument("--dataset-id", type=int, default=990, help="nnU-Net dataset ID, 1-999 (default 990)")
     parser.add_argument("--trainers", nargs="+", default=list(DEFAULT_TRAINERS),
                         help=f"trainers to compare (default {' '.join(DEFAULT_TRAINERS)})")
-    parser.add_argument("--configuration", default="3d_cpu")
+    # the demo preprocesses 3d_fullres (which 3d_cpu inherits) and nothing else
+    parser.add_argument("--configuration", default="3d_cpu", choices=("3d_cpu", "3d_fullres"),
+                        help="3d_cpu (default: 8-64 features, 16x32x32 patches, minutes on a CPU) or 3d_fullres")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true",
                         help="delete an existing --workdir of an earlier demo first (never another folder)")
@@ -155,8 +157,8 @@ def run_demo(args: argparse.Namespace, workdir: str) -> None:
     labels = join(raw_folder, "labelsTs")
     print(f"\nTest set: {len(os.listdir(labels))} synthetic cases of the varied cohort (the unlabelled cases come "
           f"from it, the {demo_spec().n_labeled} labelled ones are cleaner), label 'organ', configuration "
-          f"{args.configuration}, fold all, last checkpoint; distances in voxels. nnU-Net does not seed its "
-          f"runs: figures differ between runs.")
+          f"{args.configuration}, fold all, last checkpoint; distances in voxels. Each run draws a fresh seed "
+          f"(set nnUNet_ccesemi_seed to repeat it): figures differ between runs.")
     width = max(len(name) for name in predictions)
     for name, folder in predictions.items():
         mean = evaluate_folders(labels, folder, labels=[1])["mean"]["1"]

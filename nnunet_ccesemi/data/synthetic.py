@@ -2,8 +2,9 @@
 
 Each case is a noisy volume holding one ellipsoid "organ" of random size, position and orientation,
 brighter than the background, under a smooth multiplicative bias field (as in MRI) and with a
-per-case intensity offset. Anisotropic spacing and a non-trivial origin exercise nnU-Net's
-resampling and the geometry round trip. Used by the demo and the integration tests.
+per-case intensity offset. Anisotropic spacing (1 x 1 x 2, below nnU-Net's ratio of 3 for a separate
+z axis, the same in every case, so nothing is resampled to another grid) and a non-trivial origin exercise
+the geometry round trip. Used by the demo and the integration tests.
 
 How much the cases vary is a :class:`Variation`, set separately for the labelled cases and for the
 cohort (unlabelled and test cases): the demo labels a few homogeneous cases and leaves a cohort that
