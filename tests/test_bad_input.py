@@ -5,6 +5,7 @@ The README's troubleshooting table lists every class of bad input and where it i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,7 @@ def test_augmentation_workers_get_their_own_seeds():
     assert len(set(seeds + worker_seeds(12, 0, 4) + worker_seeds(13, 1, 4))) == 12
     assert all(0 <= seed < 2 ** 32 for seed in seeds)  # NumPy's seed range
     assert worker_seeds(12, 1, 0) == []
+    assert len(set(worker_seeds(-12, 1, 2) + worker_seeds(12, 1, 2))) == 4  # a negative nnUNet_ccesemi_seed works
 
 
 @pytest.mark.integration
@@ -158,19 +160,29 @@ def test_unlabelled_augmentation_workers_do_not_repeat_each_others_draws(planned
     labels = LabelManager({"background": 0, "sphere": 1}, regions_class_order=None)
 
     def torch_driven(image, segmentation):  # stands in for a batchgeneratorsv2 transform's torch.rand(1)
-        return {"image": torch.full_like(image, float(torch.rand(1))), "segmentation": segmentation}
+        drawn = torch.zeros_like(image)
+        drawn.view(-1)[:2] = torch.tensor([float(os.getpid()), float(torch.rand(1))])  # which worker, what it drew
+        return {"image": drawn, "segmentation": segmentation}
 
-    def first_draws(seeds):
+    def first_draw_of_each_worker(seeds):
         torch.manual_seed(0)
         stream = make_unlabeled_stream(dataset, 1, (16, 16, 16), (16, 16, 16), labels, torch_driven,
                                        num_processes=2, pin_memory=False, seeds=seeds)
+        first = {}
         try:
-            return [float(next(stream)["data"].flatten()[0]) for _ in range(8)]
+            for _ in range(200):  # one worker may fill the queue before the other starts
+                worker, draw = next(stream)["data"].view(-1)[:2].tolist()
+                first.setdefault(worker, draw)
+                if len(first) == 2:
+                    return sorted(first.values())
         finally:
             stream._finish()
+        raise AssertionError("only one augmentation worker delivered batches")
 
-    assert len(set(first_draws(None))) < 8  # the unseeded workers draw the same numbers
-    assert len(set(first_draws(worker_seeds(12, 1, 2)))) == 8
+    unseeded = first_draw_of_each_worker(None)
+    assert unseeded[0] == unseeded[1]  # both workers drew the same number
+    seeded = first_draw_of_each_worker(worker_seeds(12, 1, 2))
+    assert seeded[0] != seeded[1]
 
 
 def test_preprocess_unlabelled_names_an_unknown_dataset(tmp_path, monkeypatch):

@@ -100,31 +100,33 @@ def test_fresh_retrains_a_finished_trainer(tmp_path):
     assert len(_rows(results)) == 4  # the retrained model's rows are added
 
 
-def _log(path, epochs):
+def _log(path, epochs, day):
     lines = []
     for epoch, statistics, dice, seconds in epochs:
-        lines += [f"2026-12-04 10:00:00.000000: Epoch {epoch}",
-                  "2026-12-04 10:00:00.000001: Current learning rate: 0.01"]
+        lines += [f"2026-12-{day:02d} 10:00:00.000000: Epoch {epoch}",
+                  f"2026-12-{day:02d} 10:00:00.000001: Current learning rate: 0.01"]
         if statistics is not None:
-            lines += [f"2026-12-04 10:02:00.000000: semi-supervised: {statistics}",
-                      f"2026-12-04 10:02:01.000000: Pseudo dice [np.float32({dice})]",
-                      f"2026-12-04 10:02:01.000001: Epoch time: {seconds} s"]
+            lines += [f"2026-12-{day:02d} 10:02:00.000000: semi-supervised: {statistics}",
+                      f"2026-12-{day:02d} 10:02:01.000000: Pseudo dice [np.float32({dice})]",
+                      f"2026-12-{day:02d} 10:02:01.000001: Epoch time: {seconds} s"]
     path.write_text("\n".join(lines) + "\n")
     return str(path)
 
 
-def test_epoch_table_takes_a_resumed_epoch_from_the_last_log_and_marks_missing_statistics(tmp_path):
+def test_epoch_table_reads_a_resumed_run_in_time_order_and_marks_missing_statistics(tmp_path):
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
         import epoch_table
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
-    first = _log(tmp_path / "training_log_1.txt", [(0, "contrast_a 0.9, cps_a 0.25", 0.61, 170.5),
-                                                    (1, "contrast_a 0.5, cps_a 0.2", 0.7, 171.0),
-                                                    (2, None, None, None)])  # killed during epoch 2
-    second = _log(tmp_path / "training_log_2.txt", [(1, "contrast_a 0.4, cps_a 1e-05", 0.75, 180.25),
-                                                     (2, "contrast_a 0, cps_a 0.1", 0.8, 175.0)])
-    epochs = epoch_table.read_epochs([first, second])
+    # nnU-Net's names: the 10th of the month sorts before the 9th
+    first = _log(tmp_path / "training_log_2026_12_9_10_00_00.txt",
+                 [(0, "contrast_a 0.9, cps_a 0.25", 0.61, 170.5), (1, "contrast_a 0.5, cps_a 0.2", 0.7, 171.0),
+                  (2, "contrast_a 0.3, cps_a 0.2", 0.7, 171.0), (3, None, None, None)], day=9)  # killed in epoch 3
+    second = _log(tmp_path / "training_log_2026_12_10_10_00_00.txt",  # resumed from the epoch-1 checkpoint
+                  [(1, "contrast_a 0.4, cps_a 1e-05", 0.75, 180.25), (2, "contrast_a 0, cps_a 0.1", 0.8, 175.0)],
+                  day=10)
+    epochs = epoch_table.read_epochs(sorted([first, second]))
     assert epochs == {0: {"contrast_a": 0.9, "cps_a": 0.25, "pseudo_dice": 0.61, "epoch_s": 170.5},
                       1: {"contrast_a": 0.4, "cps_a": 1e-05, "pseudo_dice": 0.75, "epoch_s": 180.25},
                       2: {"contrast_a": 0.0, "cps_a": 0.1, "pseudo_dice": 0.8, "epoch_s": 175.0}}
@@ -132,9 +134,12 @@ def test_epoch_table_takes_a_resumed_epoch_from_the_last_log_and_marks_missing_s
     assert table[0].split() == ["epoch", "cps_a", "reliable_fraction_c1"]
     assert table[2].split() == ["1", "1e-05", "-"]
 
+    (tmp_path / "garbled.txt").write_text("2026-12-04 10:00:00.0: Epoch 0\n"
+                                          "2026-12-04 10:02:00.0: semi-supervised: cps_a 0.25, contrast_a\n")
     (tmp_path / "empty.txt").touch()
     for bad, message in ((tmp_path / "none.txt", "cannot read the training log"),
-                         (tmp_path / "empty.txt", "expected nnU-Net training logs")):
+                         (tmp_path / "empty.txt", "expected nnU-Net training logs"),
+                         (tmp_path / "garbled.txt", "expected 'name value' items")):
         done = subprocess.run([sys.executable, str(REPO / "benchmarks" / "epoch_table.py"), str(bad)],
                               capture_output=True, text=True)
         assert done.returncode != 0 and message in done.stderr and bad.name in done.stderr

@@ -71,6 +71,8 @@ def test_without_network_b_the_predictor_refuses_what_needs_it(tmp_path):
         predictor = DualNetworkPredictor(device=torch.device("cpu"), **kwargs)  # network B never loaded
         with pytest.raises(RuntimeError, match="network B is not loaded"):
             predictor.predict_logits_from_preprocessed_data(data)
+        with pytest.raises(RuntimeError, match="network B is not loaded"):  # before nnU-Net writes into -o
+            predictor.predict_from_files(str(tmp_path), str(tmp_path / "out"))
     with pytest.raises(ValueError, match="not by nnU-Net's sequential mode"):
         predictor = DualNetworkPredictor(device=torch.device("cpu"), uncertainty_folder=str(tmp_path))
         predictor.predict_from_files_sequential(str(tmp_path), str(tmp_path / "out"))

@@ -58,7 +58,9 @@ class DualNetworkPredictor(nnUNetPredictor):
 
     Args:
         networks: ``"both"`` (mean softmax of A and B), ``"a"`` or ``"b"``.
-        uncertainty_folder: where to write the per-case uncertainty maps; ``None`` writes none.
+        uncertainty_folder: where to write the per-case uncertainty maps; ``None`` writes none. They are
+            written by ``predict_from_files`` and ``predict_from_data_iterator``; nnU-Net's single-array
+            entry points (``predict_single_npy_array``) return the prediction without maps.
         **kwargs: nnUNetPredictor's arguments (tile_step_size, use_gaussian, use_mirroring, device, ...).
     """
 
@@ -151,13 +153,7 @@ class DualNetworkPredictor(nnUNetPredictor):
     @torch.inference_mode()
     def predict_logits_from_preprocessed_data(self, data: torch.Tensor) -> torch.Tensor:
         if self.network_b is None:  # initialised by nnU-Net's manual_initialization: A only
-            if self.networks != "a" or self.uncertainty_folder is not None:
-                raise RuntimeError(
-                    f"network B is not loaded (the predictor was set up with manual_initialization, which takes "
-                    f"one network), so networks={self.networks!r}"
-                    + (" and uncertainty maps" if self.uncertainty_folder is not None else "")
-                    + " cannot be predicted: use initialize_from_trained_model_folder, or networks='a' without "
-                    "uncertainty_folder")
+            self._check_network_b_loaded()
             return super().predict_logits_from_preprocessed_data(data)
         members = ("a", "b") if self.networks == "both" else (self.networks,)
         regions = self.label_manager.has_regions
@@ -171,10 +167,32 @@ class DualNetworkPredictor(nnUNetPredictor):
         # handed over one by one, so that each member's logits are freed once they are in the log-sums
         return logits_of_mean_probability((logits.pop(0) for _ in members), regions)
 
+    def _check_network_b_loaded(self) -> None:
+        """Refuse what needs network B when only A is there (nnU-Net's manual_initialization takes one network)."""
+        if self.network_b is None and (self.networks != "a" or self.uncertainty_folder is not None):
+            raise RuntimeError(
+                f"network B is not loaded (the predictor was set up with manual_initialization, which takes "
+                f"one network), so networks={self.networks!r}"
+                + (" and uncertainty maps" if self.uncertainty_folder is not None else "")
+                + " cannot be predicted: use initialize_from_trained_model_folder, or networks='a' without "
+                "uncertainty_folder")
+
+    def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
+        self._check_network_b_loaded()  # before nnU-Net writes its argument files and starts its workers
+        return super().predict_from_files(
+            list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
+            overwrite, num_processes_preprocessing, num_processes_segmentation_export,
+            folder_with_segs_from_prev_stage, num_parts, part_id)
+
     def predict_from_files_sequential(self, list_of_lists_or_source_folder,
                                       output_folder_or_list_of_truncated_output_files,
                                       save_probabilities: bool = False, overwrite: bool = True,
                                       folder_with_segs_from_prev_stage: str = None):
+        self._check_network_b_loaded()
         if self.uncertainty_folder is not None:
             # nnU-Net's sequential loop hands the sliding window the image alone: no case name, no geometry
             raise ValueError("uncertainty maps are written by predict_from_files (and predict_from_data_iterator), "
@@ -186,6 +204,7 @@ class DualNetworkPredictor(nnUNetPredictor):
 
     def predict_from_data_iterator(self, data_iterator: Iterable, save_probabilities: bool = False,
                                    num_processes_segmentation_export: int = default_num_processes):
+        self._check_network_b_loaded()
         if self.uncertainty_folder is None:
             return super().predict_from_data_iterator(data_iterator, save_probabilities,
                                                       num_processes_segmentation_export)

@@ -58,14 +58,15 @@ def stream_seed(seed: int, rank: int, start_epoch: int) -> int:
 
 
 def worker_seeds(seed: int, stream: int, num_workers: int) -> list[int]:
-    """One seed per background augmentation worker of one data stream (``stream``: 0, 1, ... per loader).
+    """One seed per background augmentation worker of one data stream (``stream``: a number per loader).
 
     batchgenerators' workers left unseeded keep the torch generator of the process they were forked from,
     so every worker, of every loader forked from the same state, draws the same torch numbers: the
     same decisions of batchgeneratorsv2's torch-driven transforms (whether to apply each one, the mirror
     axes) in each worker. Seeds drawn from ``seed`` and ``stream`` give each worker its own.
     """
-    return [int(value) for value in np.random.SeedSequence([seed, stream]).generate_state(num_workers)]
+    # SeedSequence takes non-negative entropy; nnUNet_ccesemi_seed may be negative
+    return [int(value) for value in np.random.SeedSequence([seed % 2**64, stream]).generate_state(num_workers)]
 
 
 def saved_seed(checkpoint_file: str) -> int | None:
