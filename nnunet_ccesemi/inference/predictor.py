@@ -192,12 +192,12 @@ class DualNetworkPredictor(nnUNetPredictor):
                                       output_folder_or_list_of_truncated_output_files,
                                       save_probabilities: bool = False, overwrite: bool = True,
                                       folder_with_segs_from_prev_stage: str = None):
-        self._check_network_b_loaded()
         if self.uncertainty_folder is not None:
             # nnU-Net's sequential loop hands the sliding window the image alone: no case name, no geometry
             raise ValueError("uncertainty maps are written by predict_from_files (and predict_from_data_iterator), "
                              "not by nnU-Net's sequential mode: use predict_from_files, or set "
                              "uncertainty_folder=None")
+        self._check_network_b_loaded()
         return super().predict_from_files_sequential(
             list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files, save_probabilities,
             overwrite, folder_with_segs_from_prev_stage)
