@@ -59,8 +59,9 @@ def uncertainty_maps(member_logits: Sequence[torch.Tensor], regions: bool = Fals
     Probabilities are softmax over axis 0 (sigmoid per channel with ``regions``), as nnU-Net's inference
     nonlinearity. They are made one slab of about ``slab_voxels`` voxels along the first spatial axis at a
     time: every step is per voxel, so the maps are the same, and a large case never holds the members'
-    full probability volumes and their temporaries besides the logits (for 8 classes on 160³ voxels: 144
-    MiB above the logits instead of 647, and a third of the time, the slabs staying in cache).
+    full probability volumes and their temporaries besides the logits (``benchmarks/map_memory.py``, 8
+    classes on 160³ voxels: 147 MiB above the logits instead of 647, in half the time, the slabs staying
+    in cache).
     """
     if not member_logits:
         raise ValueError("no member logits to make uncertainty maps of")
