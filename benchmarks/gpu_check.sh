@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net). Results go to $OUT.
-# PARTS (default "memory objective", about 5 minutes; "compiled" about 5 more, as a second call) chooses among:
+# PARTS (default "memory objective", about 7 minutes; "compiled" alone, up to 9, as a second call) chooses among:
 #   memory    peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement
 #   objective the objective alone at LA 0.625 mm batch size, eager against compiled, with a CUDA profile
 #   compiled  AMP + torch.compile step times of CPS and CCE against the two-network floor
@@ -31,7 +31,7 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 if part memory; then
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
-  nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 200 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
+  nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 320 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
     --measure-cuda 2>"$OUT/memory.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/memory.err"
 fi
 if part objective; then
@@ -51,7 +51,7 @@ tail -n 2 "$OUT/unlabeled.log"
 
 if part compiled; then
   echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation) =="
-  timeout 270 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
+  timeout 480 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
     --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
     || tail -n 20 "$OUT/bench_compiled.err"
 fi

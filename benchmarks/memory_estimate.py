@@ -25,18 +25,23 @@ import torch
 TRAINERS = ("nnUNetTrainerCPS", "nnUNetTrainerCCE", "nnUNetTrainerCPS_lowMem", "nnUNetTrainerCCE_lowMem")
 
 
-def _concatenated(batch: dict) -> tuple[torch.Tensor, int]:
+def _concatenated(trainer, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor, int]:
+    """The labelled and unlabelled data as one batch, and the targets, on the trainer's device (the batch
+    is made on the CPU, as nnU-Net's loaders yield it; the trainers' own train_step moves it)."""
     # the unlabelled half: nnU-Net's patch again, with other values (fake tensors carry none anyway)
-    return torch.cat((batch["data"], torch.randn_like(batch["data"]))), batch["data"].shape[0]
+    data = torch.cat((batch["data"], torch.randn_like(batch["data"]))).to(trainer.device)
+    target = batch["target"]
+    target = [t.to(trainer.device) for t in target] if isinstance(target, list) else target.to(trainer.device)
+    return data, target, batch["data"].shape[0]
 
 
 def joint_floor(trainer, batch: dict) -> None:
     """A and B forward on the concatenated batch, Dice+CE on the labelled rows, one backward, SGD."""
     from nnunet_ccesemi.training.dual_network_trainer import labeled_part
 
-    data, n_labeled = _concatenated(batch)
+    data, target, n_labeled = _concatenated(trainer, batch)
     trainer.optimizer.zero_grad(set_to_none=True)
-    loss = sum(trainer.loss(labeled_part(network(data), n_labeled), batch["target"])
+    loss = sum(trainer.loss(labeled_part(network(data), n_labeled), target)
                for network in (trainer.network, trainer.network_b))
     loss.backward()
     trainer.optimizer.step()
@@ -46,12 +51,12 @@ def sequential_floor(trainer, batch: dict) -> None:
     """B forward without grad (the pseudo-labels), A forward+backward, B forward+backward, SGD."""
     from nnunet_ccesemi.training.dual_network_trainer import labeled_part
 
-    data, n_labeled = _concatenated(batch)
+    data, target, n_labeled = _concatenated(trainer, batch)
     trainer.optimizer.zero_grad(set_to_none=True)
     with torch.no_grad():
         trainer.network_b(data)
     for network in (trainer.network, trainer.network_b):
-        trainer.loss(labeled_part(network(data), n_labeled), batch["target"]).backward()
+        trainer.loss(labeled_part(network(data), n_labeled), target).backward()
     trainer.optimizer.step()
 
 
