@@ -404,7 +404,10 @@ def test_add_cpu_config_prints_a_train_command_for_the_plans_it_changed(tmp_path
     (["--name", "3d_fullres", "--overwrite"], "--name '3d_fullres' would inherit from itself"),
     (["--name", "3d_fullres", "--source", "3d_cpu", "--overwrite"],
      r"would inherit from itself \(--source '3d_cpu' is 3d_cpu <- 3d_fullres\)"),
-    (["--name", "3d_cpu", "--overwrite"], "'3d_cpu' is inherited by 3d_cpu2; replacing it would change them too"),
+    (["--name", "3d_cpu", "--overwrite"],
+     "'3d_cpu' is inherited by or the previous stage of 3d_cpu2; replacing it would change them too"),
+    (["--name", "3d_lowres", "--overwrite"], "'3d_lowres' is inherited by or the previous stage of 3d_cascade_fullres"),
+    (["--max-voxels", "300", "--name", "3d_new"], r"--max-voxels 300 cannot hold a 3D patch of at least 8 voxels per axis \(512\)"),
 ])
 def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, message, tmp_path, monkeypatch, capsys):
     from nnunet_ccesemi.cli.add_cpu_config import main
@@ -414,6 +417,9 @@ def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, mess
     plans = _cpu_test_plans(_configuration_manager())
     plans["configurations"]["3d_cpu"] = {"inherits_from": "3d_fullres", "batch_size": 2}
     plans["configurations"]["3d_cpu2"] = {"inherits_from": "3d_cpu", "batch_size": 1}
+    # nnU-Net's cascade: the full-resolution stage names the low-resolution one without inheriting from it
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "batch_size": 2}
+    plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}))
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
@@ -423,6 +429,28 @@ def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, mess
     error = capsys.readouterr().err
     assert re.search(message, error), error
     assert (folder / "nnUNetPlans.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("source_patch, spacing, max_voxels, patch, hint", [
+    ([24, 128, 224], [1.25, 2.5, 7.0], 8000, None, "raise --max-voxels"),  # shrinking would end at one stage
+    ([48, 80, 96], [1.25, 2.5, 7.0], 32 * 64 * 64, [8, 8, 8], "pass a larger --patch"),
+])
+def test_cpu_configuration_refuses_a_one_stage_network(source_patch, spacing, max_voxels, patch, hint):
+    """One resolution stage is no U-Net: nnU-Net's PlainConvUNet then has no decoder and fails at its
+    first training step, so the plans must not be written."""
+    from nnunet_ccesemi.cli.add_cpu_config import cpu_configuration
+
+    plans = _cpu_test_plans(_configuration_manager())
+    plans["configurations"]["3d_fullres"].update(patch_size=source_patch, spacing=spacing)
+    with pytest.raises(ValueError, match=f"allows a network of one resolution stage only.*{hint}"):
+        cpu_configuration(plans, "3d_fullres", patch, max_voxels, 16, 128, 2)
+
+
+def test_the_smallest_budget_still_makes_two_stages():
+    from nnunet_ccesemi.cli.add_cpu_config import cpu_configuration
+
+    config = cpu_configuration(_cpu_test_plans(_configuration_manager()), "3d_fullres", None, 8 ** 3, 16, 128, 2)
+    assert config["patch_size"] == [8, 8, 8] and config["architecture"]["arch_kwargs"]["n_stages"] == 2
 
 
 def test_cpu_configuration_is_a_valid_network():

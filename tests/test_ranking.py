@@ -53,8 +53,19 @@ def test_both_networks_empty_is_a_defined_value_not_nan():
     assert scores["empty_foreground"] is True and scores["foreground_voxels"] == 0
     assert scores["disagreement"] == 0.0 and scores["entropy"] == 0.0 and scores["volume_ml"] == 0.0
     assert not any(isinstance(v, float) and math.isnan(v) for v in scores.values())
+    assert scores["soft_dice"] == SCORES["soft_dice"].value_when_empty == 1.0
     nothing = _two_class([0.0, 0.0])
-    assert score_case(nothing, nothing, 1.0)["soft_dice"] == SCORES["soft_dice"].value_when_empty == 1.0
+    assert score_case(nothing, nothing, 1.0)["soft_dice"] == 1.0
+
+
+def test_faint_foreground_everywhere_ranks_as_agreement_not_first():
+    """Softmax is never exactly 0: two networks that find no foreground still give it 1-2 % everywhere,
+    whose soft Dice alone (about 0.015) would put the case above every real disagreement."""
+    faint = score_case(_two_class([0.01, 0.02, 0.015]), _two_class([0.02, 0.01, 0.01]), 1.0)
+    good = score_case(_two_class([0.95, 0.9, 0.01]), _two_class([0.9, 0.95, 0.02]), 1.0)
+    disagree = score_case(_two_class([0.9, 0.2, 0.01]), _two_class([0.2, 0.9, 0.02]), 1.0)
+    assert faint["empty_foreground"] and faint["soft_dice"] == 1.0
+    assert rank({"faint": faint, "good": good, "disagree": disagree}) == ["disagree", "good", "faint"]
 
 
 def test_multi_class_foreground_is_every_non_background_class():

@@ -35,6 +35,9 @@ def cpu_configuration(plans: dict, source: str, patch_size: list[int] | None, ma
 
     source_config = _resolved(plans, source)
     spacing = source_config["spacing"]
+    if patch_size is None and max_voxels < MIN_PATCH ** len(spacing):
+        raise ValueError(f"--max-voxels {max_voxels} cannot hold a {len(spacing)}D patch of at least {MIN_PATCH} "
+                         f"voxels per axis ({MIN_PATCH ** len(spacing)})")
     wanted = patch_size or shrink_patch(source_config["patch_size"], spacing, max_voxels)
     if len(wanted) != len(spacing):
         raise ValueError(f"--patch has {len(wanted)} axes but configuration {source!r} is {len(spacing)}D")
@@ -42,13 +45,19 @@ def cpu_configuration(plans: dict, source: str, patch_size: list[int] | None, ma
     # the topology rounds the patch to multiples of the total stride, which can overshoot the budget:
     # shrink the axis that is longest in mm by one multiple at a time, as nnU-Net's planner does
     while patch_size is None and math.prod(patch) > max_voxels:
-        axis = max(range(len(patch)), key=lambda i: patch[i] * spacing[i] if patch[i] > divisible_by[i] else -1)
-        if patch[axis] <= divisible_by[axis]:
+        # an axis may only shrink while it keeps MIN_PATCH voxels: below that the topology loses its stages
+        shrinkable = [i for i in range(len(patch)) if patch[i] - divisible_by[i] >= MIN_PATCH]
+        if not shrinkable:
             break
+        axis = max(shrinkable, key=lambda i: patch[i] * spacing[i])
         shrunk = list(patch)
         shrunk[axis] -= divisible_by[axis]
         _, strides, kernel_sizes, patch, divisible_by = get_pool_and_conv_props(spacing, shrunk, 4, 999999)
     n_stages = len(strides)
+    if n_stages < 2:
+        raise ValueError(f"patch {[int(p) for p in patch]} at spacing {list(spacing)} allows a network of one "
+                         f"resolution stage only, which nnU-Net's U-Nets cannot train; "
+                         + ("pass a larger --patch" if patch_size else "raise --max-voxels or pass a larger --patch"))
 
     architecture = json.loads(json.dumps(source_config["architecture"]))  # deep copy
     kwargs = architecture["arch_kwargs"]
@@ -109,10 +118,12 @@ def inheritance_problem(plans: dict, name: str, source: str) -> str | None:
     if name in chain:
         return (f"--name {name!r} would inherit from itself (--source {source!r} is {' <- '.join(chain)}); "
                 f"choose another --name")
-    children = sorted(other for other, config in configurations.items() if config.get("inherits_from") == name)
+    # a cascade's full-resolution stage names its low-resolution one in previous_stage: a dependant too
+    children = sorted(other for other, config in configurations.items()
+                      if name in (config.get("inherits_from"), config.get("previous_stage")))
     if children:
-        return (f"configuration {name!r} is inherited by {', '.join(children)}; replacing it would change them "
-                f"too; choose another --name")
+        return (f"configuration {name!r} is inherited by or the previous stage of {', '.join(children)}; "
+                f"replacing it would change them too; choose another --name")
     return None
 
 

@@ -71,7 +71,10 @@ def score_case(probs_a: torch.Tensor, probs_b: torch.Tensor, voxel_volume_mm3: f
     foreground_voxels = int(region.sum())
     overlap, total = (foreground_a * foreground_b).sum(), foreground_a.sum() + foreground_b.sum()
     scores: dict[str, float | bool | int] = {
-        "soft_dice": float(2 * overlap / total) if total > 0 else SCORES["soft_dice"].value_when_empty,
+        # Without a foreground voxel the networks agree there is nothing, however faint the probabilities
+        # (softmax is never exactly 0): the faint ones' soft Dice would be near 0 and rank the case first.
+        "soft_dice": (float(2 * overlap / total) if foreground_voxels and total > 0
+                      else SCORES["soft_dice"].value_when_empty),
         "volume_ml": float(_foreground(mean, regions)[0].sum()) * voxel_volume_mm3 / 1000.0,
     }
     if foreground_voxels:
