@@ -57,6 +57,12 @@ def short_itk_message(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def has_check(path: str | os.PathLike) -> bool:
+    """Whether :func:`check_image_file` checks this file format (others pass unchecked)."""
+    name = Path(path).name.lower()
+    return any(name.endswith(ending) for ending, _ in _CHECKERS)
+
+
 def check_image_file(path: str | os.PathLike, what: str = "image") -> None:
     """Raise :class:`ImageFileError` when ``path`` is missing or holds less data than its header promises.
 
@@ -70,7 +76,7 @@ def check_image_file(path: str | os.PathLike, what: str = "image") -> None:
     checker = next((check for ending, check in _CHECKERS if name.endswith(ending)), None)
     if checker is None:
         return
-    problem = checker(path)
+    problem = "it is empty (0 bytes)" if path.stat().st_size == 0 else checker(path)
     if problem:
         if isinstance(problem, tuple):  # (detached data file, what is wrong with it)
             problem = f"its data file {problem[0]} is cut short: {problem[1]}"
@@ -156,7 +162,10 @@ def _check_nifti(path: Path) -> Problem:
     try:
         if compressed:
             with open(path, "rb") as handle:
-                if handle.read(2) != GZIP_MAGIC:
+                magic = handle.read(2)
+                if magic != GZIP_MAGIC:
+                    if magic and GZIP_MAGIC.startswith(magic):
+                        return "the file ends inside its gzip header (1 byte)"
                     return None  # not gzip at all, so not a cut copy: ITK's error says what it is
                 handle.seek(0)
                 decompressor, inflated = _gzip_or_zlib(), b""
@@ -165,6 +174,10 @@ def _check_nifti(path: Path) -> Problem:
                     if len(inflated) >= 540 or decompressor.eof:
                         break
                 header = inflated
+                if len(header) < 348 and not decompressor.eof:
+                    # gzip, cut before a NIfTI header's worth of content (or inside its own header)
+                    return (f"the gzip stream ends after {len(header)} bytes of content, inside the NIfTI header "
+                            f"(at least 348 bytes)")
         else:
             with open(path, "rb") as handle:
                 header = handle.read(540)

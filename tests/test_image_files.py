@@ -229,6 +229,63 @@ def test_the_prediction_cli_refuses_a_truncated_input_before_writing(tmp_path):
         check_input_files(str(inputs), str(model))
 
 
+@pytest.mark.parametrize("name, compressed, keep, message", [
+    ("case.nii.gz", True, 0, r"it is empty \(0 bytes\)"),
+    ("case.nii", False, 0, r"it is empty \(0 bytes\)"),
+    ("case.mha", False, 0, r"it is empty \(0 bytes\)"),
+    ("case.nii.gz", True, 1, r"the file ends inside its gzip header \(1 byte\)"),
+    ("case.nii.gz", True, 12, r"the gzip stream ends after 0 bytes of content, inside the NIfTI header"),
+    ("case.nii", False, 100, r"the file ends inside its NIfTI header \(100 of at least 348 bytes\)"),
+])
+def test_files_cut_before_their_header_is_complete_are_damaged(tmp_path, name, compressed, keep, message):
+    """An interrupted copy can leave nothing, or less than a header: that is no file of another kind."""
+    path = _write(tmp_path, name, compressed)
+    _truncate(path, keep)
+    with pytest.raises(ImageFileError, match=f"the image {path} is damaged: {message}"):
+        check_image_file(path)
+
+
+def _raw_dataset(tmp_path, monkeypatch, file_ending: str, names: list[str]):
+    import nnunetv2.paths
+
+    folder = tmp_path / "Dataset779_X"
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "dataset.json").write_text(json.dumps({"file_ending": file_ending}))
+    for name in names:
+        (folder / "imagesTr" / name).write_bytes(b"\x89PNG....")
+    monkeypatch.setattr(nnunetv2.paths, "nnUNet_raw", str(tmp_path))
+    monkeypatch.setenv("nnUNet_raw", str(tmp_path))
+    return folder
+
+
+def test_check_dataset_does_not_call_unchecked_formats_complete(tmp_path, monkeypatch, capsys):
+    from nnunet_ccesemi.cli.check_dataset import main
+
+    _raw_dataset(tmp_path, monkeypatch, ".png", ["a_0000.png", "b_0000.png"])
+    main(["-d", "Dataset779_X"])
+    out = capsys.readouterr().out
+    assert "2 .png files found in" in out and "their format has no completeness check here" in out
+    assert "complete." not in out
+
+
+def test_check_dataset_lists_an_unreadable_file_and_checks_the_others(tmp_path, monkeypatch, capsys):
+    from nnunet_ccesemi.cli import check_dataset
+
+    folder = _raw_dataset(tmp_path, monkeypatch, ".nii.gz", ["a_0000.nii.gz", "b_0000.nii.gz"])
+    checked = []
+
+    def check(path, what):
+        checked.append(os.path.basename(path))
+        if path.endswith("a_0000.nii.gz"):
+            raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(check_dataset, "check_image_file", check)
+    with pytest.raises(SystemExit, match=r"1 of 2 files in .* are damaged"):
+        check_dataset.main(["-d", "Dataset779_X"])
+    assert checked == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    assert f"the image {folder}/imagesTr/a_0000.nii.gz cannot be read: PermissionError: Permission denied" in \
+        capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content", ['{"channel_names": {"0": "CT"}}', "{not json", "[]"])
 def test_check_dataset_names_a_dataset_json_without_file_ending(content, tmp_path, monkeypatch):
     import nnunetv2.paths

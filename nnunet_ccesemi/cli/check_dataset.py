@@ -18,13 +18,13 @@ from os.path import isdir, isfile, join
 from tqdm import tqdm
 
 from nnunet_ccesemi.cli.plans import dataset_name
-from nnunet_ccesemi.image_files import ImageFileError, check_image_file
+from nnunet_ccesemi.image_files import ImageFileError, check_image_file, has_check
 
 FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal", "labelsVal", "imagesTs", "labelsTs")
 
 
 def damaged_files(raw_dataset_folder: str, file_ending: str, progress: bool = False) -> tuple[int, list[str]]:
-    """The number of files checked and one sentence per damaged file."""
+    """The number of files found and one sentence per damaged (or unreadable) file."""
     files = [join(raw_dataset_folder, folder, name) for folder in FOLDERS if isdir(join(raw_dataset_folder, folder))
              for name in sorted(os.listdir(join(raw_dataset_folder, folder))) if name.endswith(file_ending)]
     problems = []
@@ -34,6 +34,8 @@ def damaged_files(raw_dataset_folder: str, file_ending: str, progress: bool = Fa
             check_image_file(path, what)
         except ImageFileError as e:
             problems.append(str(e))
+        except OSError as e:  # one unreadable file must not end the scan of the others
+            problems.append(f"the {what} {path} cannot be read: {type(e).__name__}: {e.strerror or e}")
     return len(files), problems
 
 
@@ -68,6 +70,11 @@ def main(argv=None) -> None:
         sys.exit(f"ERROR: {len(problems)} of {checked} files in {folder} are damaged (listed above); nothing was "
                  f"changed. Copy them again from their source, then rerun nnUNetv2_plan_and_preprocess for "
                  f"imagesTr/labelsTr and nnUNetv2_ccesemi_preprocess_unlabeled for imagesUnlabeled.")
+    if not has_check("x" + file_ending):
+        print(f"{checked} {file_ending} files found in {folder}, but their format has no completeness check here "
+              f"(checked: .nii.gz, .nii, .hdr, .nrrd, .nhdr, .mha, .mhd); nnU-Net's own reading reports what it "
+              f"cannot read.")
+        return
     print(f"All {checked} {file_ending} files in {folder} are complete.")
 
 
