@@ -122,6 +122,9 @@ class MethodConfig:
             raise ValueError(f"contrast_loss must be 'infonce' or 'l2', got {self.contrast_loss!r}")
         if self.peer_architecture not in ("residual", "same"):
             raise ValueError(f"peer_architecture must be 'residual' or 'same', got {self.peer_architecture!r}")
+        if not self.peer_blocks_per_stage or any(blocks < 1 for blocks in self.peer_blocks_per_stage):
+            raise ValueError(f"peer_blocks_per_stage must hold one or more values >= 1 (the last one repeats for "
+                             f"further stages), got {self.peer_blocks_per_stage!r}")
         if self.peer_decoder_convs_per_stage is not None and self.peer_decoder_convs_per_stage < 1:
             raise ValueError(f"peer_decoder_convs_per_stage must be >= 1 or None, got "
                              f"{self.peer_decoder_convs_per_stage}")

@@ -63,6 +63,26 @@ def test_fake_estimate_equals_the_same_step_on_real_tensors(planned_dataset, tra
 
 
 @pytest.mark.integration
+def test_both_input_batches_count_from_the_start(planned_dataset, monkeypatch):
+    """The labelled and the unlabelled patches exist before the step, as the loaders' batches on a GPU:
+    both are tracked, not only the labelled one."""
+    plans, dataset_json = _plans(planned_dataset)
+    tracked = []
+    track = LiveTensorMemory.track
+
+    def recording(self, tensors):
+        tensors = list(tensors)
+        tracked.extend(tensors)
+        return track(self, tensors)
+    monkeypatch.setattr(LiveTensorMemory, "track", recording)
+    estimate_step_memory(_trainer_class("nnUNetTrainerCCE_5epochs"), plans, CONFIG, dataset_json)
+    patch = tuple(plans["configurations"][CONFIG]["patch_size"])
+    inputs = [t for t in tracked if t.ndim == 2 + len(patch) and tuple(t.shape[2:]) == patch and t.shape[1] == 1
+              and t.is_floating_point()]
+    assert len(inputs) == 2
+
+
+@pytest.mark.integration
 def test_a_step_that_reads_a_device_value_before_sgd_is_named(planned_dataset):
     plans, dataset_json = _plans(planned_dataset)
 

@@ -110,6 +110,9 @@ def test_config_is_frozen_and_validated():
         MethodConfig(pseudo_label_rule="majority")
     with pytest.raises(ValueError, match="peer_decoder_convs_per_stage must be >= 1 or None, got 0"):
         MethodConfig(peer_decoder_convs_per_stage=0)
+    for blocks in ((), (1, 0, 2)):  # an empty tuple used to fail inside initialize() with an IndexError
+        with pytest.raises(ValueError, match=r"peer_blocks_per_stage must hold one or more values >= 1"):
+            MethodConfig(peer_blocks_per_stage=blocks)
 
 
 @pytest.mark.parametrize("field, value, message", [

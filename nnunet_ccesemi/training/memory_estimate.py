@@ -204,13 +204,16 @@ def estimate_step_memory(
         # Mid-training, so every ramped term (the contrastive one starts at 0) is computed.
         trainer.current_epoch = trainer.num_epochs // 2
         batch = _synthetic_batch(trainer)
+        inputs = [batch["data"], *tree_leaves(batch["target"])]
         if hasattr(trainer, "dataloader_unlabeled"):
-            trainer.dataloader_unlabeled = itertools.repeat({"data": torch.randn_like(batch["data"])})
+            unlabeled = {"data": torch.randn_like(batch["data"])}
+            trainer.dataloader_unlabeled = itertools.repeat(unlabeled)
+            inputs.append(unlabeled["data"])  # on a GPU its device copy is live through the step, as the labelled one
         step_finished = []
         trainer.optimizer.register_step_post_hook(lambda *_: step_finished.append(True))
         networks = [trainer.network] + ([trainer.network_b] if getattr(trainer, "network_b", None) else [])
         memory = stack.enter_context(LiveTensorMemory())
-        memory.track([batch["data"], *tree_leaves(batch["target"])])
+        memory.track(inputs)
         for network in networks:
             memory.track(itertools.chain(network.parameters(), network.buffers()))
         if getattr(trainer, "objective", None) is not None:

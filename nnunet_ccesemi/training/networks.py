@@ -3,7 +3,9 @@
 The paper pairs a V-Net with a ResNet-34-encoder V-Net for diversity. In nnU-Net terms: when the
 plans build a ``PlainConvUNet`` for A, B is a ``ResidualEncoderUNet`` with the same stages, widths,
 kernels and strides (residual blocks per stage, and one convolution per decoder stage, as in nnU-Net's
-ResEnc presets), and vice versa.
+ResEnc presets), and vice versa: a ``ResidualEncoderUNet`` A (nnU-Net's ResEnc plans) gets a
+``PlainConvUNet`` B with two convolutions per encoder stage and A's decoder (one convolution per stage
+in those presets; kept so that B's checkpoints stay loadable).
 """
 from __future__ import annotations
 
