@@ -28,8 +28,9 @@ TRAINERS = ("nnUNetTrainerCPS", "nnUNetTrainerCCE", "nnUNetTrainerCPS_lowMem", "
 def _concatenated(trainer, batch: dict) -> tuple[torch.Tensor, list[torch.Tensor] | torch.Tensor, int]:
     """The labelled and unlabelled data as one batch, and the targets, on the trainer's device (the batch
     is made on the CPU, as nnU-Net's loaders yield it; the trainers' own train_step moves it)."""
-    # the unlabelled half: nnU-Net's patch again, with other values (fake tensors carry none anyway)
-    data = torch.cat((batch["data"], torch.randn_like(batch["data"]))).to(trainer.device)
+    # the unlabelled half from the trainer's unlabelled loader, as its own train_step takes it
+    unlabeled = next(trainer.dataloader_unlabeled)["data"]
+    data = torch.cat((batch["data"], unlabeled)).to(trainer.device)
     target = batch["target"]
     target = [t.to(trainer.device) for t in target] if isinstance(target, list) else target.to(trainer.device)
     return data, target, batch["data"].shape[0]
