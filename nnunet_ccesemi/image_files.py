@@ -57,6 +57,11 @@ def short_itk_message(error: Exception) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def checked_endings() -> list[str]:
+    """The file endings :func:`check_image_file` checks."""
+    return [ending for ending, _ in _CHECKERS]
+
+
 def has_check(path: str | os.PathLike) -> bool:
     """Whether :func:`check_image_file` checks this file format (others pass unchecked)."""
     name = Path(path).name.lower()
@@ -183,10 +188,13 @@ def _check_nifti(path: Path) -> Problem:
                 header = handle.read(540)
     except zlib.error as error:
         return f"the gzip stream is corrupt ({error})"
+    if not compressed and 0 < len(header) < 4:
+        return f"the file ends inside its NIfTI header ({len(header)} of at least 348 bytes)"
     if not _looks_like_nifti(header):
         return None  # another kind of file under a NIfTI name: ITK's error says so
-    if len(header) < 348:
-        return f"the file ends inside its NIfTI header ({len(header)} of at least 348 bytes)"
+    stated = 540 if any(struct.unpack(endian + "i", header[:4])[0] == 540 for endian in "<>") else 348
+    if len(header) < stated:  # NIfTI-1 headers are 348 bytes, NIfTI-2 ones 540
+        return f"the file ends inside its NIfTI header ({len(header)} of at least {stated} bytes)"
     parsed = _parse_nifti_header(header)
     if parsed is None:
         return None

@@ -236,12 +236,25 @@ def test_the_prediction_cli_refuses_a_truncated_input_before_writing(tmp_path):
     ("case.nii.gz", True, 1, r"the file ends inside its gzip header \(1 byte\)"),
     ("case.nii.gz", True, 12, r"the gzip stream ends after 0 bytes of content, inside the NIfTI header"),
     ("case.nii", False, 100, r"the file ends inside its NIfTI header \(100 of at least 348 bytes\)"),
+    ("case.nii", False, 3, r"the file ends inside its NIfTI header \(3 of at least 348 bytes\)"),
 ])
 def test_files_cut_before_their_header_is_complete_are_damaged(tmp_path, name, compressed, keep, message):
     """An interrupted copy can leave nothing, or less than a header: that is no file of another kind."""
     path = _write(tmp_path, name, compressed)
     _truncate(path, keep)
     with pytest.raises(ImageFileError, match=f"the image {path} is damaged: {message}"):
+        check_image_file(path)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("case.nii", (540).to_bytes(4, "little") + bytes(396)),
+    ("case.nii.gz", gzip.compress((540).to_bytes(4, "big") + bytes(396))),
+])
+def test_a_nifti2_header_cut_past_348_bytes_is_damaged(tmp_path, name, content):
+    """NIfTI-2 headers are 540 bytes: 400 of them pass the NIfTI-1 size but are still cut."""
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ImageFileError, match=r"ends inside its NIfTI header \(400 of at least 540 bytes\)"):
         check_image_file(path)
 
 

@@ -410,6 +410,8 @@ def test_add_cpu_config_prints_a_train_command_for_the_plans_it_changed(tmp_path
     (["--name", "3d_cpu", "--overwrite"],
      "'3d_cpu' is inherited by or the previous stage of 3d_cpu2; replacing it would change them too"),
     (["--name", "3d_lowres", "--overwrite"], "'3d_lowres' is inherited by or the previous stage of 3d_cascade_fullres"),
+    (["--name", "3d_cascade_fullres", "--overwrite"], "'3d_cascade_fullres' is inherited by or the previous stage of "
+                                                      "3d_lowres"),
     (["--max-voxels", "300", "--name", "3d_new"], r"--max-voxels 300 cannot hold a 3D patch of at least 8 voxels per axis \(512\)"),
 ])
 def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, message, tmp_path, monkeypatch, capsys):
@@ -421,7 +423,8 @@ def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, mess
     plans["configurations"]["3d_cpu"] = {"inherits_from": "3d_fullres", "batch_size": 2}
     plans["configurations"]["3d_cpu2"] = {"inherits_from": "3d_cpu", "batch_size": 1}
     # nnU-Net's cascade: the full-resolution stage names the low-resolution one without inheriting from it
-    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "batch_size": 2}
+    plans["configurations"]["3d_lowres"] = {"inherits_from": "3d_fullres", "batch_size": 2,
+                                            "next_stage": ["3d_cascade_fullres"]}
     plans["configurations"]["3d_cascade_fullres"] = {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"}
     (folder / "nnUNetPlans.json").write_text(json.dumps(plans))
     (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "MRI"}, "labels": {"background": 0, "a": 1}}))

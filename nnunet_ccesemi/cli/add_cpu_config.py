@@ -57,7 +57,8 @@ def cpu_configuration(plans: dict, source: str, patch_size: list[int] | None, ma
     if n_stages < 2:
         raise ValueError(f"patch {[int(p) for p in patch]} at spacing {list(spacing)} allows a network of one "
                          f"resolution stage only, which nnU-Net's U-Nets cannot train; "
-                         + ("pass a larger --patch" if patch_size else "raise --max-voxels or pass a larger --patch"))
+                         + ("pass a larger --patch" if patch_size else
+                            "pass --patch with more voxels along the finest-spacing axis, or raise --max-voxels"))
 
     architecture = json.loads(json.dumps(source_config["architecture"]))  # deep copy
     kwargs = architecture["arch_kwargs"]
@@ -118,9 +119,12 @@ def inheritance_problem(plans: dict, name: str, source: str) -> str | None:
     if name in chain:
         return (f"--name {name!r} would inherit from itself (--source {source!r} is {' <- '.join(chain)}); "
                 f"choose another --name")
-    # a cascade's full-resolution stage names its low-resolution one in previous_stage: a dependant too
-    children = sorted(other for other, config in configurations.items()
-                      if name in (config.get("inherits_from"), config.get("previous_stage")))
+    # a cascade's stages name each other (previous_stage, next_stage): dependants too
+    def depends_on_name(config: dict) -> bool:
+        next_stages = config.get("next_stage") or []
+        next_stages = [next_stages] if isinstance(next_stages, str) else next_stages
+        return name in (config.get("inherits_from"), config.get("previous_stage")) or name in next_stages
+    children = sorted(other for other, config in configurations.items() if depends_on_name(config))
     if children:
         return (f"configuration {name!r} is inherited by or the previous stage of {', '.join(children)}; "
                 f"replacing it would change them too; choose another --name")

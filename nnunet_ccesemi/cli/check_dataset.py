@@ -18,7 +18,7 @@ from os.path import isdir, isfile, join
 from tqdm import tqdm
 
 from nnunet_ccesemi.cli.plans import dataset_name
-from nnunet_ccesemi.image_files import ImageFileError, check_image_file, has_check
+from nnunet_ccesemi.image_files import ImageFileError, check_image_file, checked_endings, has_check
 
 FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesVal", "labelsVal", "imagesTs", "labelsTs")
 
@@ -67,12 +67,13 @@ def main(argv=None) -> None:
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
-        sys.exit(f"ERROR: {len(problems)} of {checked} files in {folder} are damaged (listed above); nothing was "
-                 f"changed. Copy them again from their source, then rerun nnUNetv2_plan_and_preprocess for "
+        sys.exit(f"ERROR: {len(problems)} of {checked} files in {folder} are damaged or unreadable (listed above); "
+                 f"nothing was changed. Make an unreadable one readable (permissions); copy a damaged one again "
+                 f"from its source, then rerun nnUNetv2_plan_and_preprocess for "
                  f"imagesTr/labelsTr and nnUNetv2_ccesemi_preprocess_unlabeled for imagesUnlabeled.")
     if not has_check("x" + file_ending):
         print(f"{checked} {file_ending} files found in {folder}, but their format has no completeness check here "
-              f"(checked: .nii.gz, .nii, .hdr, .nrrd, .nhdr, .mha, .mhd); nnU-Net's own reading reports what it "
+              f"(checked: {', '.join(checked_endings())}); nnU-Net's own reading reports what it "
               f"cannot read.")
         return
     print(f"All {checked} {file_ending} files in {folder} are complete.")
