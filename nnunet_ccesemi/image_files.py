@@ -62,10 +62,14 @@ def checked_endings() -> list[str]:
     return [ending for ending, _ in _CHECKERS]
 
 
+def _checker(path: str | os.PathLike) -> Callable[[Path], Problem] | None:
+    name = Path(path).name.lower()
+    return next((check for ending, check in _CHECKERS if name.endswith(ending)), None)
+
+
 def has_check(path: str | os.PathLike) -> bool:
     """Whether :func:`check_image_file` checks this file format (others pass unchecked)."""
-    name = Path(path).name.lower()
-    return any(name.endswith(ending) for ending, _ in _CHECKERS)
+    return _checker(path) is not None
 
 
 def check_image_file(path: str | os.PathLike, what: str = "image") -> None:
@@ -77,8 +81,7 @@ def check_image_file(path: str | os.PathLike, what: str = "image") -> None:
     path = Path(path)
     if not path.is_file():
         raise ImageFileError(f"the {what} {path} does not exist or is not a file")
-    name = path.name.lower()
-    checker = next((check for ending, check in _CHECKERS if name.endswith(ending)), None)
+    checker = _checker(path)
     if checker is None:
         return
     problem = "it is empty (0 bytes)" if path.stat().st_size == 0 else checker(path)
@@ -190,9 +193,9 @@ def _check_nifti(path: Path) -> Problem:
         return f"the gzip stream is corrupt ({error})"
     if not compressed and 0 < len(header) < 4:
         return f"the file ends inside its NIfTI header ({len(header)} of at least 348 bytes)"
-    if not _looks_like_nifti(header):
+    stated = _stated_header_size(header)
+    if stated is None:
         return None  # another kind of file under a NIfTI name: ITK's error says so
-    stated = 540 if any(struct.unpack(endian + "i", header[:4])[0] == 540 for endian in "<>") else 348
     if len(header) < stated:  # NIfTI-1 headers are 348 bytes, NIfTI-2 ones 540
         return f"the file ends inside its NIfTI header ({len(header)} of at least {stated} bytes)"
     parsed = _parse_nifti_header(header)
@@ -214,9 +217,13 @@ def _check_nifti(path: Path) -> Problem:
     return _about(data_file, path, _shortfall(available, promised, shape, f"NIfTI datatype {datatype}"))
 
 
-def _looks_like_nifti(header: bytes) -> bool:
-    """The first field of a NIfTI-1/2 header is its own size, 348 or 540, in either byte order."""
-    return len(header) >= 4 and any(struct.unpack(endian + "i", header[:4])[0] in (348, 540) for endian in "<>")
+def _stated_header_size(header: bytes) -> int | None:
+    """The first field of a NIfTI-1/2 header is its own size, 348 or 540, in either byte order; None if
+    ``header`` does not start like one."""
+    if len(header) < 4:
+        return None
+    return next((size for endian in "<>" if (size := struct.unpack(endian + "i", header[:4])[0]) in (348, 540)),
+                None)
 
 
 def _parse_nifti_header(header: bytes):

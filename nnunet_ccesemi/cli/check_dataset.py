@@ -71,7 +71,7 @@ def main(argv=None) -> None:
                  f"nothing was changed. Make an unreadable one readable (permissions); copy a damaged one again "
                  f"from its source, then rerun nnUNetv2_plan_and_preprocess for "
                  f"imagesTr/labelsTr and nnUNetv2_ccesemi_preprocess_unlabeled for imagesUnlabeled.")
-    if not has_check("x" + file_ending):
+    if not has_check(file_ending):
         print(f"{checked} {file_ending} files found in {folder}, but their format has no completeness check here "
               f"(checked: {', '.join(checked_endings())}); nnU-Net's own reading reports what it "
               f"cannot read.")
