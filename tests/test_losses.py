@@ -463,6 +463,40 @@ def test_class_prototypes_of_normalised_voxels_without_the_normalised_map(shape)
     assert torch.equal(present, expected_present)
 
 
+@pytest.mark.parametrize("normalize_voxels", [False, True])
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 6, 10**9])  # one voxel, chunks not dividing V, one chunk
+def test_class_prototypes_are_the_same_in_any_chunking(normalize_voxels, chunk_elements):
+    generator = torch.Generator().manual_seed(5)
+    features = torch.randn(2, 6, 5, 7, 3, generator=generator) * 3
+    labels = torch.randint(0, 3, (2, 5, 7, 3), generator=generator)
+    mask = torch.rand(labels.shape, generator=generator) > 0.3
+    prototypes, present = class_prototypes(features, labels, mask, 3, normalize_voxels=normalize_voxels,
+                                           chunk_elements=chunk_elements)
+    reference_features = l2_normalize_voxels(features) if normalize_voxels else features
+    expected, expected_present = reference_prototypes(reference_features, labels, mask, 3)
+    torch.testing.assert_close(prototypes, expected, rtol=1e-5, atol=1e-6)
+    assert torch.equal(present, expected_present)
+
+
+def test_class_prototypes_never_copy_the_whole_map_to_float32():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nnunet_ccesemi.training.memory_estimate import LiveTensorMemory
+
+    # float16 features as under AMP: 2 x 32 x 64^3 voxels, 32 MiB; a float32 copy would add 64 MiB
+    with FakeTensorMode():
+        features = torch.empty(2, 32, 64, 64, 64, dtype=torch.float16)
+        labels = torch.zeros(2, 64, 64, 64, dtype=torch.long)
+        mask = torch.ones(2, 64, 64, 64, dtype=torch.bool)
+        with LiveTensorMemory() as memory:
+            memory.track([features, labels, mask])
+            inputs = memory.current_bytes
+            class_prototypes(features, labels, mask, 2, normalize_voxels=True, chunk_elements=2**20)
+    extra_mib = (memory.peak_bytes - inputs) / 2**20
+    # the int64 class column (4 MiB) and its count ones (4 MiB), plus a few chunks of 4 MiB
+    assert extra_mib < 24, extra_mib
+
+
 def test_class_argmax_is_argmax_with_its_tie_rule():
     from nnunet_ccesemi.losses.pseudo_labels import class_argmax
 
@@ -590,6 +624,39 @@ def test_sample_uncertain_voxels_nothing_uncertain():
         features, torch.zeros(1, 4, 4, dtype=torch.long), torch.zeros(1, 4, 4, dtype=torch.bool), 0.5, 8, num_classes=2
     )
     assert (sampled_labels == IGNORE_LABEL).all() and sampled_features.shape == (16, 3)
+
+
+def test_gather_voxels_is_advanced_indexing_with_its_gradient_repeats_included():
+    from nnunet_ccesemi.losses import gather_voxels
+
+    features = torch.randn(3, 4, 5, 6, requires_grad=True)
+    batch_index, spatial_index = torch.tensor([2, 0, 2, 2]), torch.tensor([7, 29, 7, 0])  # a voxel twice
+    weights = torch.randn(4, 4)
+    (gather_voxels(features, batch_index, spatial_index) * weights).sum().backward()
+    reference = features.detach().clone().requires_grad_()
+    gathered = reference.reshape(3, 4, 30)[batch_index, :, spatial_index]
+    (gathered * weights).sum().backward()
+    assert torch.equal(gather_voxels(features, batch_index, spatial_index), gathered)
+    torch.testing.assert_close(features.grad, reference.grad)
+    assert gather_voxels(features[:0], batch_index[:0], spatial_index[:0]).shape == (0, 4)
+
+
+def test_gather_voxels_backward_writes_one_map():
+    """Not a second, out-of-place copy of it, as autograd's own formula does under fake tensors: the
+    memory estimate would count a map a GPU never allocates."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from nnunet_ccesemi.losses import gather_voxels
+    from nnunet_ccesemi.training.memory_estimate import LiveTensorMemory
+
+    with FakeTensorMode():
+        features = torch.empty(2, 32, 64, 64, 64, requires_grad=True)  # 64 MiB
+        index = torch.zeros(4096, dtype=torch.long)
+        with LiveTensorMemory() as memory:
+            memory.track([features, index])
+            before = memory.current_bytes
+            gather_voxels(features, index, index).sum().backward()
+    assert (memory.peak_bytes - before) / 2**20 < 66
 
 
 TWO_PROTOTYPES = torch.tensor([[1.0, 0.0], [0.0, 1.0]])

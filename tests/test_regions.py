@@ -284,6 +284,24 @@ def test_contrast_term_by_hand_per_region_with_the_complement_as_negative():
     assert obj.prototype_banks["a"].prototypes.shape == (6, 3)
 
 
+def test_contrast_gathers_each_network_map_once_for_all_regions(monkeypatch):
+    """The gather's backward writes a dense gradient of its input: one per network and step, of the map
+    the network made (not one per region, nor an extra one of an unlabelled-rows slice)."""
+    from nnunet_ccesemi.losses import objective as objective_module
+
+    gathered, original_gather = [], objective_module.gather_voxels
+
+    def recording_gather(features, *indices):
+        gathered.append(features)
+        return original_gather(features, *indices)
+
+    monkeypatch.setattr(objective_module, "gather_voxels", recording_gather)
+    b = batch(n_unlabeled=2, spatial=(3, 3, 2), seed=7, features=3)
+    objective(CCE_CONFIG)(**b, contrast_weight=1.0)
+    assert [features is b[f"features_{net}"] for net, features in zip("ab", gathered)] == [True, True]
+    assert len(gathered) == 2
+
+
 # ---------------------------------------------------------------- routing and degenerate batches
 
 

@@ -21,8 +21,10 @@ from .prototypes import (
     IGNORE_LABEL,
     PrototypeBank,
     class_prototypes,
+    gather_voxels,
     prototype_infonce_loss,
     prototype_l2_loss,
+    sample_uncertain_voxel_indices,
     sample_uncertain_voxels,
 )
 from .pseudo_labels import joint_pseudo_labels
@@ -41,6 +43,7 @@ __all__ = [
     "contrast_rampup",
     "cosine_consistency",
     "cross_pseudo_supervision",
+    "gather_voxels",
     "joint_pseudo_labels",
     "kl_divergence_map",
     "kl_weighted_cross_pseudo_supervision",
@@ -53,6 +56,7 @@ __all__ = [
     "prototype_infonce_loss",
     "prototype_l2_loss",
     "reliable_mask",
+    "sample_uncertain_voxel_indices",
     "sample_uncertain_voxels",
     "sigmoid_rampup",
     "unsupervised_rampup",

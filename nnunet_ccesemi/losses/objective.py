@@ -34,9 +34,10 @@ from .regions import RegionLayout, binary_logits, fold_labels, fold_region_targe
 from .prototypes import (
     PrototypeBank,
     class_prototypes,
+    gather_voxels,
     prototype_infonce_loss,
     prototype_l2_loss,
-    sample_uncertain_voxels,
+    sample_uncertain_voxel_indices,
 )
 
 NETWORKS = ("a", "b")
@@ -300,9 +301,10 @@ class DualNetworkObjective(nn.Module):
         total = 0.0
         present_per_net = []
         for net in students:
-            # all rows, or only the unlabelled ones
-            features_unlabeled = features[net][n_labeled:] if features[net].shape[0] == n_rows else features[net]
-            term, present = self._contrast_term(net, features_unlabeled, targets, update_prototype_banks)
+            # all rows (the unlabelled ones follow the labelled), or only the unlabelled ones
+            first_unlabeled_row = n_labeled if features[net].shape[0] == n_rows else 0
+            term, present = self._contrast_term(net, features[net], first_unlabeled_row, targets,
+                                                update_prototype_banks)
             present_per_net.append(present.float())
             stats[f"contrast_{net}"] = term.detach()
             total = total + term
@@ -417,18 +419,20 @@ class DualNetworkObjective(nn.Module):
     def _contrast_term(
         self,
         net: str,
-        features_unlabeled: torch.Tensor,
+        features: torch.Tensor,
+        first_unlabeled_row: int,
         targets: "UnlabeledTargets",
         update_prototype_bank: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
         sets = self._contrast_sets(targets, net)
+        features_unlabeled = features[first_unlabeled_row:].detach()
         # Prototypes are constants: the normalised map enters them without autograd (and without a
         # normalised copy of it), only the sampled voxels are normalised on the graph (normalising the
         # map there kept an (m, F, *spatial) float32 copy alive through the backward pass, for
         # gradients that are zero but at the samples).
         with torch.no_grad():
-            per_set = [class_prototypes(features_unlabeled.detach(), pseudo_labels, reliable,
+            per_set = [class_prototypes(features_unlabeled, pseudo_labels, reliable,
                                         groups.stop - groups.start, eps=NORMALIZE_EPS, normalize_voxels=True)
                        for pseudo_labels, reliable, _, groups in sets]
             prototypes = torch.cat([p for p, _ in per_set])
@@ -438,18 +442,19 @@ class DualNetworkObjective(nn.Module):
             prototypes, present = bank.update(prototypes, present)
         elif bank.prototypes.numel() and bank.memory:
             prototypes, present = bank.prototypes, bank.present
+        samples = [sample_uncertain_voxel_indices(own_labels, ~reliable, config.contrast_sample_fraction,
+                                                  config.contrast_max_samples_per_class, generator=self.generator,
+                                                  num_classes=groups.stop - groups.start)
+                   for _, reliable, own_labels, groups in sets]
+        # One gather from the map as the network made it, every set's samples at once: the gather's
+        # backward writes a dense gradient of the whole map, and a gather from an unlabelled-rows slice,
+        # or one per set, would write more of them (each the size of the map) into the peak of the step.
+        rows, voxels, labels_per_set = zip(*samples)
+        all_sampled = gather_voxels(features, torch.cat(rows) + first_unlabeled_row, torch.cat(voxels))
+        all_sampled = F.normalize(all_sampled.float(), p=2.0, dim=1, eps=NORMALIZE_EPS)
         terms, contrasted = [], []
-        for _, reliable, own_labels, groups in sets:
-            sampled_features, sampled_labels = sample_uncertain_voxels(
-                features_unlabeled,
-                own_labels,
-                ~reliable,
-                config.contrast_sample_fraction,
-                config.contrast_max_samples_per_class,
-                generator=self.generator,
-                num_classes=groups.stop - groups.start,
-            )
-            sampled_features = F.normalize(sampled_features.float(), p=2.0, dim=1, eps=NORMALIZE_EPS)
+        for (_, _, _, groups), sampled_labels, sampled_features in zip(
+                sets, labels_per_set, all_sampled.split([len(labels) for labels in labels_per_set])):
             if config.contrast_loss == "infonce":
                 terms.append(prototype_infonce_loss(sampled_features, sampled_labels, prototypes[groups],
                                                     present[groups], config.contrast_temperature))

@@ -29,6 +29,11 @@ IGNORE_LABEL = -1
 # voxels by class and shuffles them within a class (float keys c + u may round up into class c + 1).
 _KEY_STRIDE = 2**31
 
+# Float32 elements of one voxel chunk of the prototype sums. A float32 copy of a whole full-resolution
+# feature map (and its squares, for the norms) is about a gigabyte at nnU-Net's Left Atrium plans, and
+# it is made where the low-memory step peaks; chunks of 64 MiB bound that transient instead.
+PROTOTYPE_CHUNK_ELEMENTS = 2**24
+
 
 def _autocast_off(device: torch.device):
     return torch.autocast(device_type=device.type, enabled=False)
@@ -44,12 +49,14 @@ def class_prototypes(
     distributed: Optional[bool] = None,
     eps: float = 1e-12,
     normalize_voxels: bool = False,
+    chunk_elements: int = PROTOTYPE_CHUNK_ELEMENTS,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``μ_c = normalise(sum_v [m_v and y_v = c] f_v)``, the direction of the class-mean feature.
 
     Normalising the sum equals normalising the mean, so no division by the count is needed. The
     sums are ``features (B, F, V) @ one_hot (B, V, C+1)`` (masked-out voxels go to an extra column
-    that is dropped): one matrix product, deterministic, no per-class loop. Under
+    that is dropped): matrix products in float32 over fixed chunks of voxels, deterministic, no
+    per-class loop. Under
     ``torch.distributed`` the per-class sums and counts are all-reduced first, so every rank gets
     the same, global prototypes (a class seen on one rank only is present on all); every rank must
     call this function, also one with no rows (B = 0).
@@ -65,6 +72,8 @@ def class_prototypes(
         normalize_voxels: use the L2-normalised voxel features ``f_v / max(||f_v||, eps)`` (the
             prototypes of :func:`~nnunet_ccesemi.losses.features.l2_normalize_voxels` features) without
             writing a normalised copy of the map: the one-hot matrix carries each voxel's inverse norm.
+        chunk_elements: float32 elements per chunk (B x F x voxels): the float32 copy of the (float16
+            under AMP) features is made one chunk at a time, never for the whole map.
 
     Returns:
         ``(prototypes, present)``: float32 (C, F), unit rows for present classes and zero rows
@@ -81,20 +90,25 @@ def class_prototypes(
     num_voxels = math.prod(features.shape[2:])
     column = torch.where(mask.bool(), labels.long(), torch.full_like(labels, num_classes, dtype=torch.long))
     column = column.reshape(batch_size, num_voxels, 1)
+    flat_features = features.detach().reshape(batch_size, feature_dim, num_voxels)
+    chunk = max(1, chunk_elements // max(1, batch_size * feature_dim))
     with _autocast_off(features.device):
-        flat_features = features.detach().float().reshape(batch_size, feature_dim, num_voxels)
-        voxel_weight = inverse_l2_norm(flat_features, eps=eps).unsqueeze(2) if normalize_voxels else 1.0
-        one_hot = torch.zeros(
-            batch_size, column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
-        ).scatter_(2, column, voxel_weight)
-        class_sums = torch.bmm(flat_features, one_hot).sum(0).t()[:num_classes]  # (C, F)
+        class_sums = torch.zeros(num_classes + 1, feature_dim, device=features.device, dtype=torch.float32)
+        for start in range(0, num_voxels, chunk):
+            chunk_features = flat_features[:, :, start:start + chunk].float()
+            chunk_column = column[:, start:start + chunk]
+            voxel_weight = inverse_l2_norm(chunk_features, eps=eps).unsqueeze(2) if normalize_voxels else 1.0
+            one_hot = torch.zeros(
+                batch_size, chunk_column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
+            ).scatter_(2, chunk_column, voxel_weight)
+            class_sums += torch.bmm(chunk_features, one_hot).sum(0).t()
+        class_sums = class_sums[:num_classes]  # (C, F)
         # integer counts: exact in any summation order (bincount would ask the host for the output size)
         class_counts = torch.zeros(num_classes + 1, dtype=torch.long, device=features.device).scatter_add_(
             0, column.reshape(-1), torch.ones_like(column.reshape(-1)))[:num_classes].float()
     if distributed_active(distributed):
-        # One all-reduce of a fresh, contiguous (C, F + 1) tensor. ``class_sums`` itself is a transposed
-        # view: gloo reduces the underlying storage as if it were contiguous (wrong sums, silently) and
-        # NCCL refuses non-contiguous tensors.
+        # One all-reduce of a fresh, contiguous (C, F + 1) tensor: gloo reduces a view's underlying
+        # storage as if it were contiguous (wrong sums, silently) and NCCL refuses non-contiguous tensors.
         reduced = torch.cat((class_sums, class_counts.unsqueeze(1)), dim=1)
         dist.all_reduce(reduced)
         class_sums, class_counts = reduced[:, :-1], reduced[:, -1]
@@ -195,22 +209,13 @@ def sample_uncertain_voxels(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random uncertain voxels per class: ``min(ceil(fraction * n_c), max_per_class)`` of class c.
 
-    ``n_c`` = the number of uncertain voxels the network itself assigns to class c. One sort of
-    int64 keys ``c * 2^31 + random`` (certain voxels sort last) groups the candidates by class in a
-    random order; the first ``k_c`` of each group are taken. The result has a fixed size,
-    ``N = C * min(max_per_class, V)`` rows with ``V`` = all voxels, so nothing waits on the host; rows
-    beyond a class's quota carry the label ``-1`` (:data:`IGNORE_LABEL`) and are ignored by
-    :func:`prototype_infonce_loss` and :func:`prototype_l2_loss`. ``compact=True`` drops them (one
-    host synchronisation).
+    The features of the voxels :func:`sample_uncertain_voxel_indices` draws (see there), gathered by
+    :func:`gather_voxels`. ``compact=True`` drops the padding rows (one host synchronisation).
 
     Args:
         features: (B, F, *spatial) features; gradients flow into the sampled rows.
-        own_labels: (B, *spatial) integer labels in [0, C), the network's own argmax.
-        uncertain_mask: (B, *spatial) bool, the candidates (voxels that are not reliable).
-        fraction: fraction of each class's candidates to take (``METHOD.md``: 0.01).
-        max_per_class: cap per class.
-        generator: random generator on ``features.device``, for reproducibility.
-        num_classes: C; if omitted it is inferred as ``own_labels.max() + 1`` (a host sync) — pass it.
+        own_labels, uncertain_mask, fraction, max_per_class, generator, num_classes: as
+            :func:`sample_uncertain_voxel_indices` takes them, on ``features.device``.
         compact: drop the padding rows.
 
     Returns:
@@ -222,45 +227,115 @@ def sample_uncertain_voxels(
             f"own_labels and uncertain_mask must have shape {tuple(expected)} for features {tuple(features.shape)}, "
             f"got {tuple(own_labels.shape)} and {tuple(uncertain_mask.shape)}"
         )
-    if not 0.0 <= fraction <= 1.0 or max_per_class < 0:
-        raise ValueError(f"need 0 <= fraction <= 1 and max_per_class >= 0, got {fraction} and {max_per_class}")
-    if num_classes is None:
-        num_classes = int(own_labels.max()) + 1 if own_labels.numel() else 1
-    device = features.device
-    batch_size, feature_dim = features.shape[:2]
-    voxels_per_item = math.prod(features.shape[2:])
-    num_voxels = batch_size * voxels_per_item
-    per_class = min(max_per_class, num_voxels)
-    if per_class == 0:
-        return features.new_zeros(0, feature_dim), torch.zeros(0, dtype=torch.long, device=device)
-
-    with torch.no_grad():
-        labels_flat = own_labels.reshape(-1).long()
-        random_keys = torch.randint(0, _KEY_STRIDE, (num_voxels,), generator=generator, device=device)
-        keys = torch.where(
-            uncertain_mask.reshape(-1).bool(),
-            labels_flat * _KEY_STRIDE + random_keys,
-            torch.full_like(labels_flat, num_classes * _KEY_STRIDE),
-        )
-        sorted_keys, order = torch.sort(keys)
-        class_starts = torch.searchsorted(sorted_keys, torch.arange(num_classes + 1, device=device) * _KEY_STRIDE)
-        candidates_per_class = class_starts[1:] - class_starts[:-1]
-        # The small epsilon keeps 0.01 * 700 = 7.000000000000001 from rounding up to 8.
-        quota = torch.ceil(candidates_per_class.double() * fraction - 1e-9).clamp(0, max_per_class).long()
-        offsets = torch.arange(per_class, device=device)
-        positions = (class_starts[:-1, None] + offsets).clamp_max(num_voxels - 1)
-        voxel_index = order[positions].reshape(-1)
-        class_of_row = torch.arange(num_classes, device=device)[:, None].expand(-1, per_class)
-        sampled_labels = torch.where(offsets < quota[:, None], class_of_row, IGNORE_LABEL).reshape(-1)
-        batch_index = voxel_index // voxels_per_item
-        spatial_index = voxel_index % voxels_per_item
-
-    # Advanced indices on dims 0 and 2 around a slice put the index dimension first: (N, F).
-    sampled_features = features.reshape(batch_size, feature_dim, voxels_per_item)[batch_index, :, spatial_index]
+    batch_index, spatial_index, sampled_labels = sample_uncertain_voxel_indices(
+        own_labels, uncertain_mask, fraction, max_per_class, generator, num_classes=num_classes)
+    sampled_features = gather_voxels(features, batch_index, spatial_index)
     if compact:
         keep = sampled_labels != IGNORE_LABEL
         return sampled_features[keep], sampled_labels[keep]
     return sampled_features, sampled_labels
+
+
+@torch.no_grad()
+def sample_uncertain_voxel_indices(
+    own_labels: torch.Tensor,
+    uncertain_mask: torch.Tensor,
+    fraction: float,
+    max_per_class: int,
+    generator: Optional[torch.Generator] = None,
+    *,
+    num_classes: Optional[int] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where :func:`sample_uncertain_voxels` samples: ``min(ceil(fraction * n_c), max_per_class)`` of class c.
+
+    ``n_c`` = the number of uncertain voxels the network itself assigns to class c. One sort of
+    int64 keys ``c * 2^31 + random`` (certain voxels sort last) groups the candidates by class in a
+    random order; the first ``k_c`` of each group are taken. The result has a fixed size,
+    ``N = C * min(max_per_class, V)`` rows with ``V`` = all voxels, so nothing waits on the host; rows
+    beyond a class's quota carry the label ``-1`` (:data:`IGNORE_LABEL`) and are ignored by
+    :func:`prototype_infonce_loss` and :func:`prototype_l2_loss`.
+
+    Args:
+        own_labels: (B, *spatial) integer labels in [0, C), the network's own argmax.
+        uncertain_mask: (B, *spatial) bool, the candidates (voxels that are not reliable).
+        fraction: fraction of each class's candidates to take (``METHOD.md``: 0.01).
+        max_per_class: cap per class.
+        generator: random generator on the labels' device, for reproducibility.
+        num_classes: C; if omitted it is inferred as ``own_labels.max() + 1`` (a host sync) — pass it.
+
+    Returns:
+        ``(batch_index (N,), spatial_index (N,), sampled_labels (N,))``, int64: row ``i`` is voxel
+        ``spatial_index[i]`` of the flattened spatial axes of batch item ``batch_index[i]``.
+    """
+    if own_labels.shape != uncertain_mask.shape:
+        raise ValueError(f"own_labels and uncertain_mask must have the same shape, got {tuple(own_labels.shape)} "
+                         f"and {tuple(uncertain_mask.shape)}")
+    if not 0.0 <= fraction <= 1.0 or max_per_class < 0:
+        raise ValueError(f"need 0 <= fraction <= 1 and max_per_class >= 0, got {fraction} and {max_per_class}")
+    if num_classes is None:
+        num_classes = int(own_labels.max()) + 1 if own_labels.numel() else 1
+    device = own_labels.device
+    voxels_per_item = math.prod(own_labels.shape[1:])
+    num_voxels = own_labels.numel()
+    per_class = min(max_per_class, num_voxels)
+    if per_class == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone(), empty.clone()
+
+    labels_flat = own_labels.reshape(-1).long()
+    random_keys = torch.randint(0, _KEY_STRIDE, (num_voxels,), generator=generator, device=device)
+    keys = torch.where(
+        uncertain_mask.reshape(-1).bool(),
+        labels_flat * _KEY_STRIDE + random_keys,
+        torch.full_like(labels_flat, num_classes * _KEY_STRIDE),
+    )
+    sorted_keys, order = torch.sort(keys)
+    class_starts = torch.searchsorted(sorted_keys, torch.arange(num_classes + 1, device=device) * _KEY_STRIDE)
+    candidates_per_class = class_starts[1:] - class_starts[:-1]
+    # The small epsilon keeps 0.01 * 700 = 7.000000000000001 from rounding up to 8.
+    quota = torch.ceil(candidates_per_class.double() * fraction - 1e-9).clamp(0, max_per_class).long()
+    offsets = torch.arange(per_class, device=device)
+    positions = (class_starts[:-1, None] + offsets).clamp_max(num_voxels - 1)
+    voxel_index = order[positions].reshape(-1)
+    class_of_row = torch.arange(num_classes, device=device)[:, None].expand(-1, per_class)
+    sampled_labels = torch.where(offsets < quota[:, None], class_of_row, IGNORE_LABEL).reshape(-1)
+    return voxel_index // voxels_per_item, voxel_index % voxels_per_item, sampled_labels
+
+
+def gather_voxels(features: torch.Tensor, batch_index: torch.Tensor, spatial_index: torch.Tensor) -> torch.Tensor:
+    """``features[b_i, :, v_i]`` for every row i, an (N, F) tensor (``v`` indexes the flattened spatial axes).
+
+    Differentiable. Its backward pass adds the rows' gradients into one zero map of ``features``' shape,
+    so gather all samples of a map at once, from the map the network made rather than from a slice of
+    it: a gather from a slice costs a map of the slice and then one of the whole, one gather per set of
+    samples costs a map each, all where the step's memory peaks.
+    """
+    batch_size, feature_dim = features.shape[:2]
+    # Explicit voxel count, not -1: a map without rows (B = 0) has one too.
+    flat = features.reshape(batch_size, feature_dim, math.prod(features.shape[2:]))
+    return _GatherVoxels.apply(flat, batch_index, spatial_index)
+
+
+class _GatherVoxels(torch.autograd.Function):
+    """Advanced indexing whose backward always adds into its zero map in place. Autograd's own formula
+    does so too, except under a tensor subclass or dispatch mode (fake tensors, the memory estimate),
+    where it writes a second, out-of-place map: the estimate would count memory a GPU never uses."""
+
+    @staticmethod
+    def forward(ctx, flat: torch.Tensor, batch_index: torch.Tensor, spatial_index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(batch_index, spatial_index)
+        ctx.flat_shape = flat.shape
+        # advanced indices on dims 0 and 2 around a slice put the index dimension first: (N, F)
+        return flat[batch_index, :, spatial_index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        batch_index, spatial_index = ctx.saved_tensors
+        channels = torch.arange(ctx.flat_shape[1], device=grad.device)
+        grad_flat = grad.new_zeros(ctx.flat_shape)
+        # accumulate: the padding rows of a class short of samples repeat a voxel
+        grad_flat.index_put_((batch_index[:, None], channels[None, :], spatial_index[:, None]), grad, accumulate=True)
+        return grad_flat, None, None
 
 
 def _check_samples(sampled_features, sampled_labels, prototypes, present):

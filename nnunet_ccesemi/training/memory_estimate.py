@@ -18,8 +18,12 @@ plans nnU-Net made, or whether the ``_lowMem`` variant is needed. This module an
 
 What it leaves out: cuDNN convolution workspaces, the CUDA caching allocator's rounding and
 fragmentation (``max_memory_allocated`` counts neither fragmentation nor the CUDA context), the
-grad scaler's few scalars, and data-loader pinned memory. ``benchmarks/memory_estimate.py`` compares
-the estimate with peaks measured on a GPU.
+grad scaler's few scalars, and data-loader pinned memory. What it adds: under a dispatch mode autograd
+takes the out-of-place variant of the updates it otherwise makes in place (adding a second gradient
+into a tensor used twice, such as decoder features that feed both the segmentation head and the
+contrastive term; the backward of ``gather``, ``index`` and ``index_select``), so each such update
+counts one extra copy of its tensor for the length of one operator. ``benchmarks/memory_estimate.py``
+compares the estimate with peaks measured on a GPU.
 
 A step that asks the host for a tensor's value (``.item()``, a boolean mask's size) cannot run on
 fake tensors: the estimate then fails with the operator's name, which also exposes the host
