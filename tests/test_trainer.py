@@ -1,6 +1,7 @@
 """The dual-network trainer in-process on the tiny planned dataset: steps, optimiser, checkpoints."""
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -209,6 +210,40 @@ def test_sequential_step_gives_the_joint_gradients(started_trainer):
     assert set(sequential_stats) == set(joint_stats)
     for key, value in joint_stats.items():
         torch.testing.assert_close(sequential_stats[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def _with_batch_norm(network: torch.nn.Module) -> list[torch.nn.BatchNorm3d]:
+    """Swaps every instance norm of ``network`` for a BatchNorm3d (nnU-Net's plans can name either); a norm
+    registered under two names (``norm`` and ``all_modules[i]`` in dynamic_network_architectures) gets one."""
+    swapped = {}
+    for parent in list(network.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.InstanceNorm3d):
+                setattr(parent, name, swapped.setdefault(id(child), torch.nn.BatchNorm3d(child.num_features)))
+    return list(swapped.values())
+
+
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+def test_sequential_step_moves_batch_norm_statistics_once_as_the_joint_step(started_trainer):
+    """The sequential step runs B twice (without gradients for A's pseudo-labels, then to train B): only
+    the second pass may count for BatchNorm's running statistics, as B's one pass in the joint step."""
+    trainer = started_trainer
+    norms = _with_batch_norm(unwrap(trainer.network_b))
+    assert norms
+    batch = next(trainer.dataloader_train)
+    data = torch.cat((batch["data"], next(trainer.dataloader_unlabeled)["data"]))
+    start = copy.deepcopy(unwrap(trainer.network_b).state_dict())
+
+    def statistics_after(step):
+        unwrap(trainer.network_b).load_state_dict(start)
+        _step_gradients(trainer, step, data, batch["target"], seed=3)
+        return [torch.cat((norm.running_mean, norm.running_var, norm.num_batches_tracked[None].float()))
+                for norm in norms]
+
+    joint, sequential = statistics_after(trainer._joint_step), statistics_after(trainer._sequential_step)
+    assert [int(norm.num_batches_tracked) for norm in norms] == [1] * len(norms)
+    for index, (expected, actual) in enumerate(zip(joint, sequential)):
+        torch.testing.assert_close(actual, expected, msg=f"norm {index}")
 
 
 @pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)

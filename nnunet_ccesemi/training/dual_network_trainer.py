@@ -56,7 +56,7 @@ from nnunet_ccesemi.training.checkpoint import (PEER_WEIGHTS_KEY, check_dual_net
                                                 check_peer_network_matches)
 from nnunet_ccesemi.training.compiled import CompiledWithEagerFallback
 from nnunet_ccesemi.training.diagnostics import dead_term_warnings
-from nnunet_ccesemi.training.networks import build_peer_network, unwrap
+from nnunet_ccesemi.training.networks import batch_norm_statistics_kept, build_peer_network, unwrap
 from nnunet_ccesemi.training.seeding import SeededFromEnvironment, stream_seed, worker_seeds
 
 GRADIENT_CLIP_NORM = 12.0  # nnU-Net's value for its one network, applied to each network
@@ -376,7 +376,8 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
         """
         target_full = full_resolution(target)
         with self._autocast():
-            with torch.no_grad():
+            # B's second pass below is the one that counts for BatchNorm, as its one pass in the joint step
+            with torch.no_grad(), batch_norm_statistics_kept(self.network_b):
                 logits_b = full_resolution(self.network_b(data))
             self._take_features()  # B's features are not needed by A's terms: free them now
             output_a = self.network(data)

@@ -9,7 +9,8 @@ in those presets; kept so that B's checkpoints stay loadable).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import contextlib
+from typing import Iterator, Optional, Sequence
 
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
@@ -78,3 +79,27 @@ def unwrap(network: torch.nn.Module) -> torch.nn.Module:
     if isinstance(network, torch.nn.parallel.DistributedDataParallel):
         network = network.module
     return getattr(network, "_orig_mod", network)
+
+
+@contextlib.contextmanager
+def batch_norm_statistics_kept(network: torch.nn.Module) -> Iterator[None]:
+    """A forward pass in training mode that BatchNorm does not count: its running statistics (and batch
+    counters) are put back afterwards.
+
+    The low-memory step runs network B twice per iteration (once without gradients for A's
+    pseudo-labels, once to train B); without this, a BatchNorm network B would move its running
+    statistics twice per iteration, twice as fast as in the joint step. The pass's outputs are those
+    of training mode (batch statistics) either way. Instance normalisation, nnU-Net's default, keeps no
+    running statistics, so for it this changes nothing.
+    """
+    buffers = [buffer for module in network.modules()
+               if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats
+               for buffer in (module.running_mean, module.running_var, module.num_batches_tracked)
+               if buffer is not None]
+    kept = [buffer.clone() for buffer in buffers]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in zip(buffers, kept):
+                buffer.copy_(value)
