@@ -258,30 +258,32 @@ def test_contrast_term_by_hand_per_region_with_the_complement_as_negative():
     config = MethodConfig(**{**OFF, "contrast_weight": 1.0, "contrast_sample_fraction": 1.0,
                              "entropy_quantile": 0.5, "filter_entropy": True})
     obj = objective(config)
-    _, stats = obj(**b, contrast_weight=1.0)
+    loss, stats = obj(**b, contrast_weight=1.0)
     probabilities = {net: sigmoid(numpy_of(b, f"logits_{net}")[1:]) for net in "ab"}
     own, _, reliable, pseudo, _ = reliability_by_hand(probabilities, 0.5)
-    features = numpy_of(b, "features_a")[1:]
-    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    # every uncertain voxel is sampled (fraction 1), in each region it is uncertain in: a voxel's feature
+    # gradient sums over the regions, which the same voxel's samples of several regions must add up to
+    features = b["features_a"].detach().clone().requires_grad_()
+    unit = torch.nn.functional.normalize(features[1:], dim=1).permute(0, 2, 3, 4, 1)
     losses = []
     for r in range(3):
         prototypes = []
         for value in (0, 1):
-            chosen = reliable[:, r] & (pseudo[:, r] == value)
-            mean = unit.transpose(0, 2, 3, 4, 1)[chosen].sum(0)
-            prototypes.append(mean / np.linalg.norm(mean) if chosen.any() else None)
+            chosen = torch.from_numpy(reliable[:, r] & (pseudo[:, r] == value))
+            mean = unit.detach()[chosen].sum(0)
+            prototypes.append(mean / mean.norm() if chosen.any() else None)
         if any(p is None for p in prototypes):
             continue
-        prototypes = np.stack(prototypes)
-        uncertain = ~reliable[:, r]
-        samples = unit.transpose(0, 2, 3, 4, 1)[uncertain]
-        labels = own["a"][:, r][uncertain]
-        logits = samples @ prototypes.T / config.contrast_temperature
-        log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
-        losses.append(-log_softmax[np.arange(len(labels)), labels].mean())
-    assert losses, "the batch must give some region both prototypes"
-    assert float(stats["contrast_a"]) == pytest.approx(np.mean(losses), rel=1e-4)
+        uncertain = torch.from_numpy(~reliable[:, r])
+        logits = unit[uncertain] @ torch.stack(prototypes).T / config.contrast_temperature
+        losses.append(torch.nn.functional.cross_entropy(logits, torch.from_numpy(own["a"][:, r])[uncertain]))
+    assert len(losses) >= 2, "the batch must give several regions both prototypes"
+    expected = torch.stack(losses).mean()
+    assert float(stats["contrast_a"]) == pytest.approx(float(expected), rel=1e-4)
     assert obj.prototype_banks["a"].prototypes.shape == (6, 3)
+    loss.backward()
+    expected.backward()
+    torch.testing.assert_close(b["features_a"].grad, features.grad, rtol=1e-4, atol=1e-6)
 
 
 def test_contrast_gathers_each_network_map_once_for_all_regions(monkeypatch):

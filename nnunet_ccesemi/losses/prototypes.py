@@ -31,8 +31,9 @@ _KEY_STRIDE = 2**31
 
 # Float32 elements of one voxel chunk of the prototype sums. A float32 copy of a whole full-resolution
 # feature map (and its squares, for the norms) is about a gigabyte at nnU-Net's Left Atrium plans, and
-# it is made where the low-memory step peaks; chunks of 64 MiB bound that transient instead.
-PROTOTYPE_CHUNK_ELEMENTS = 2**24
+# it is made where the low-memory step peaks; chunks of 32 MiB (two such copies of a chunk, and its
+# one-hot and label columns) bound that transient to about 0.07 GiB instead.
+PROTOTYPE_CHUNK_ELEMENTS = 2**23
 
 
 def _autocast_off(device: torch.device):
@@ -88,24 +89,25 @@ def class_prototypes(
     batch_size, feature_dim = features.shape[:2]
     # Explicit voxel count, not -1: a rank without unlabelled rows (B = 0) still joins the all-reduce.
     num_voxels = math.prod(features.shape[2:])
-    column = torch.where(mask.bool(), labels.long(), torch.full_like(labels, num_classes, dtype=torch.long))
-    column = column.reshape(batch_size, num_voxels, 1)
     flat_features = features.detach().reshape(batch_size, feature_dim, num_voxels)
+    flat_labels, flat_mask = labels.reshape(batch_size, num_voxels), mask.reshape(batch_size, num_voxels)
     chunk = max(1, chunk_elements // max(1, batch_size * feature_dim))
     with _autocast_off(features.device):
         class_sums = torch.zeros(num_classes + 1, feature_dim, device=features.device, dtype=torch.float32)
+        class_counts = torch.zeros(num_classes + 1, dtype=torch.long, device=features.device)
         for start in range(0, num_voxels, chunk):
-            chunk_features = flat_features[:, :, start:start + chunk].float()
-            chunk_column = column[:, start:start + chunk]
+            stop = start + chunk
+            # masked-out voxels go to an extra column, dropped at the end
+            column = torch.where(flat_mask[:, start:stop].bool(), flat_labels[:, start:stop].long(), num_classes)
+            chunk_features = flat_features[:, :, start:stop].float()
             voxel_weight = inverse_l2_norm(chunk_features, eps=eps).unsqueeze(2) if normalize_voxels else 1.0
             one_hot = torch.zeros(
-                batch_size, chunk_column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
-            ).scatter_(2, chunk_column, voxel_weight)
+                batch_size, column.shape[1], num_classes + 1, device=features.device, dtype=torch.float32
+            ).scatter_(2, column.unsqueeze(2), voxel_weight)
             class_sums += torch.bmm(chunk_features, one_hot).sum(0).t()
-        class_sums = class_sums[:num_classes]  # (C, F)
-        # integer counts: exact in any summation order (bincount would ask the host for the output size)
-        class_counts = torch.zeros(num_classes + 1, dtype=torch.long, device=features.device).scatter_add_(
-            0, column.reshape(-1), torch.ones_like(column.reshape(-1)))[:num_classes].float()
+            # integer counts: exact in any summation order (bincount would ask the host for the output size)
+            class_counts.scatter_add_(0, column.reshape(-1), class_counts.new_ones(1).expand(column.numel()))
+        class_sums, class_counts = class_sums[:num_classes], class_counts[:num_classes].float()
     if distributed_active(distributed):
         # One all-reduce of a fresh, contiguous (C, F + 1) tensor: gloo reduces a view's underlying
         # storage as if it were contiguous (wrong sums, silently) and NCCL refuses non-contiguous tensors.
@@ -333,7 +335,8 @@ class _GatherVoxels(torch.autograd.Function):
         batch_index, spatial_index = ctx.saved_tensors
         channels = torch.arange(ctx.flat_shape[1], device=grad.device)
         grad_flat = grad.new_zeros(ctx.flat_shape)
-        # accumulate: the padding rows of a class short of samples repeat a voxel
+        # accumulate: on region tasks two regions' samples can be the same voxel (and a class short of
+        # samples repeats one in its padding rows, whose gradient is zero)
         grad_flat.index_put_((batch_index[:, None], channels[None, :], spatial_index[:, None]), grad, accumulate=True)
         return grad_flat, None, None
 
