@@ -57,10 +57,9 @@ def class_prototypes(
     Normalising the sum equals normalising the mean, so no division by the count is needed. The
     sums are ``features (B, F, V) @ one_hot (B, V, C+1)`` (masked-out voxels go to an extra column
     that is dropped): matrix products in float32 over fixed chunks of voxels, deterministic, no
-    per-class loop. Under
-    ``torch.distributed`` the per-class sums and counts are all-reduced first, so every rank gets
-    the same, global prototypes (a class seen on one rank only is present on all); every rank must
-    call this function, also one with no rows (B = 0).
+    per-class loop. Under ``torch.distributed`` the per-class sums and counts are all-reduced first,
+    so every rank gets the same, global prototypes (a class seen on one rank only is present on all);
+    every rank must call this function, also one with no rows (B = 0).
 
     Args:
         features: (B, F, *spatial) voxel features; detached here.
