@@ -408,10 +408,9 @@ def test_add_cpu_config_prints_a_train_command_for_the_plans_it_changed(tmp_path
     (["--name", "3d_fullres", "--source", "3d_cpu", "--overwrite"],
      r"would inherit from itself \(--source '3d_cpu' is 3d_cpu <- 3d_fullres\)"),
     (["--name", "3d_cpu", "--overwrite"],
-     "'3d_cpu' is inherited by or the previous stage of 3d_cpu2; replacing it would change them too"),
-    (["--name", "3d_lowres", "--overwrite"], "'3d_lowres' is inherited by or the previous stage of 3d_cascade_fullres"),
-    (["--name", "3d_cascade_fullres", "--overwrite"], "'3d_cascade_fullres' is inherited by or the previous stage of "
-                                                      "3d_lowres"),
+     r"'3d_cpu' is named by 3d_cpu2 \(its inherits_from\); replacing it would change them too"),
+    (["--name", "3d_lowres", "--overwrite"], r"'3d_lowres' is named by 3d_cascade_fullres \(its previous_stage\)"),
+    (["--name", "3d_cascade_fullres", "--overwrite"], r"'3d_cascade_fullres' is named by 3d_lowres \(its next_stage\)"),
     (["--max-voxels", "300", "--name", "3d_new"], r"--max-voxels 300 cannot hold a 3D patch of at least 8 voxels per axis \(512\)"),
 ])
 def test_add_cpu_config_refuses_sizes_and_names_that_make_no_network(extra, message, tmp_path, monkeypatch, capsys):

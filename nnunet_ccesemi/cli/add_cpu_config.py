@@ -120,14 +120,16 @@ def inheritance_problem(plans: dict, name: str, source: str) -> str | None:
         return (f"--name {name!r} would inherit from itself (--source {source!r} is {' <- '.join(chain)}); "
                 f"choose another --name")
     # a cascade's stages name each other (previous_stage, next_stage): dependants too
-    def depends_on_name(config: dict) -> bool:
+    def fields_naming(config: dict) -> list[str]:
         next_stages = config.get("next_stage") or []
         next_stages = [next_stages] if isinstance(next_stages, str) else next_stages
-        return name in (config.get("inherits_from"), config.get("previous_stage")) or name in next_stages
-    children = sorted(other for other, config in configurations.items() if depends_on_name(config))
-    if children:
-        return (f"configuration {name!r} is inherited by or the previous stage of {', '.join(children)}; "
-                f"replacing it would change them too; choose another --name")
+        return ([key for key in ("inherits_from", "previous_stage") if config.get(key) == name]
+                + (["next_stage"] if name in next_stages else []))
+    dependants = [f"{other} (its {' and '.join(fields)})" for other, config in sorted(configurations.items())
+                  if (fields := fields_naming(config))]
+    if dependants:
+        return (f"configuration {name!r} is named by {', '.join(dependants)}; replacing it would change them "
+                f"too; choose another --name")
     return None
 
 
