@@ -2,6 +2,8 @@
 # One prepared run on a lent GPU machine (Python 3.12 + torch, no nnU-Net). Results go to $OUT.
 # PARTS (default "memory objective", about 7 minutes; "compiled" alone, up to 9, as a second call) chooses among:
 #   memory    peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement
+#   memory-beside  the same for nnUNetTrainer and the dual-network trainers (no floors), in the background
+#             beside the other parts: "memory-beside compiled" fits one call (about 9 minutes)
 #   objective the objective alone at LA 0.625 mm batch size, eager against compiled, with a CUDA profile
 #   compiled  AMP + torch.compile step times of CPS and CCE against the two-network floor
 #   eager     the same without compile
@@ -29,10 +31,19 @@ entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module i
 PARTS=${PARTS:-memory objective}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-if part memory; then
+memory_rows() {  # [memory_estimate.py options]
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
   nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 320 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
-    --measure-cuda 2>"$OUT/memory.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/memory.err"
+    --measure-cuda "$@" 2>"$OUT/memory.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/memory.err"
+  echo "memory rows done at $(date +%T)"
+}
+if part memory; then memory_rows; fi
+if part memory-beside; then
+  # the trainers' memory rows (no floors) in the background, while the compiled part plans its dataset and
+  # compiles on the CPU: both in one call of the lent machine. Its output follows at the end.
+  memory_rows --no-floor > "$OUT/memory.txt" 2>&1 &
+  memory_pid=$!
+  trap 'wait $memory_pid; cat "$OUT/memory.txt"' EXIT
 fi
 if part objective; then
   echo "== the objective alone, 2+2 patches of 96x128x192, 32 feature channels =="
@@ -50,7 +61,7 @@ entry nnunet_ccesemi.cli.preprocess_unlabeled main -d 991 -c 3d_fullres -np 8 > 
 tail -n 2 "$OUT/unlabeled.log"
 
 if part compiled; then
-  echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation) =="
+  echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation), from $(date +%T) =="
   timeout 480 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
     --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
     || tail -n 20 "$OUT/bench_compiled.err"

@@ -68,6 +68,8 @@ def main(argv=None) -> None:
     parser.add_argument("-p", default="nnUNetPlans")
     parser.add_argument("--fp32", action="store_true", help="no AMP")
     parser.add_argument("--measure-cuda", action="store_true", help="also measure each row on the GPU")
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS), help="dual-network trainers to add as rows")
+    parser.add_argument("--no-floor", action="store_true", help="skip the two bare floors")
     args = parser.parse_args(argv)
 
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
@@ -79,10 +81,11 @@ def main(argv=None) -> None:
     plans, dataset_json, plans_file = load_plans(args.d, args.p)
     configuration = PlansManager(plans).get_configuration(args.c)
     dtype = None if args.fp32 else torch.bfloat16
-    rows = [("nnUNetTrainer", "nnUNetTrainer", None),
-            ("floor, joint (A+B fwd+bwd, concatenated)", "nnUNetTrainerCPS", joint_floor),
-            ("floor, sequential (B no-grad fwd, A fwd+bwd, B fwd+bwd)", "nnUNetTrainerCPS", sequential_floor)]
-    rows += [(name, name, None) for name in TRAINERS]
+    rows = [("nnUNetTrainer", "nnUNetTrainer", None)]
+    if not args.no_floor:
+        rows += [("floor, joint (A+B fwd+bwd, concatenated)", "nnUNetTrainerCPS", joint_floor),
+                 ("floor, sequential (B no-grad fwd, A fwd+bwd, B fwd+bwd)", "nnUNetTrainerCPS", sequential_floor)]
+    rows += [(name, name, None) for name in args.trainers]
     estimates, measured = [], []
     for name, trainer_name, step in rows:
         trainer_class = recursive_find_trainer_class_by_name(trainer_name)

@@ -7,9 +7,10 @@ random tensors and nnU-Net's Dice+CE (what any dual-network step must pay), meas
 
     python benchmarks/step_time.py -d 601 -c 3d_cpu --iterations 20 --device cpu
 
-Prints one line per trainer: mean and median seconds per iteration, the ratio to the first trainer
-and to the floor, the unlabelled-batch wait, and peak memory (CPU RSS; CUDA max allocated). Each row
-runs in its own fresh process, so every peak belongs to its row alone.
+Prints each row as it is measured (the floor first), then a table with one line per trainer: mean
+and median seconds per iteration, the ratio to the first trainer and to the floor, the unlabelled-batch
+wait, and peak memory (CPU RSS; CUDA max allocated). Each row runs in its own fresh process, so every
+peak belongs to its row alone.
 
 On a region dataset (BraTS's regions), ``TRAINER@labels`` builds the trainer with each label value as
 its own class instead of the regions (same data, patch and network; softmax over the label values
@@ -192,7 +193,8 @@ def main(argv=None) -> None:
 
     rows = {}
     context = multiprocessing.get_context("spawn")
-    for name in list(args.trainers) + ([] if args.no_floor else [FLOOR]):
+    # the floor first: it compiles A and B, whose graphs the trainers' rows then find in the compile cache
+    for name in ([] if args.no_floor else [FLOOR]) + list(args.trainers):
         # a fresh (non-daemonic: nnU-Net starts augmentation workers) process per row: its own peak memory
         results = context.Queue()
         process = context.Process(target=measure_rows, args=(results, name, args.d, args.c, args.p, str(device),
@@ -203,13 +205,15 @@ def main(argv=None) -> None:
         if isinstance(measured, str):
             sys.exit(f"{name} failed:\n{measured}")
         rows.update(measured)
-        print(f"  measured {name}", file=sys.stderr, flush=True)
+        # each row as it lands, so that a run cut by a timeout still reports the rows it finished
+        print(f"{time.strftime('%H:%M:%S')} measured {name}: mean {measured[name]['mean']:.3f} s, median {measured[name]['median']:.3f} s, "
+              f"peak {measured[name]['peak_gib']:.2f} GiB", flush=True)
 
     first = rows[args.trainers[0]]["mean"]
     floor = next((r["mean"] for k, r in rows.items() if k.startswith("floor")), None)
     print(f"{'step':<36} {'mean s':>8} {'median s':>9} {'/ ' + args.trainers[0][:14]:>17} {'/ floor':>8} "
           f"{'wait %':>7} {'peak GiB':>9}")
-    for name, row in rows.items():
+    for name, row in sorted(rows.items(), key=lambda item: item[0] == FLOOR):  # the floor's row last, as before
         to_floor = f"{row['mean'] / floor:8.2f}" if floor else f"{'-':>8}"
         print(f"{name:<36} {row['mean']:8.3f} {row['median']:9.3f} {row['mean'] / first:17.2f} {to_floor} "
               f"{100 * row['wait'] / row['mean']:7.1f} {row['peak_gib']:9.2f}")

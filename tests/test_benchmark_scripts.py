@@ -144,3 +144,41 @@ def test_epoch_table_reads_a_resumed_run_in_time_order_and_marks_missing_statist
                               capture_output=True, text=True)
         assert done.returncode != 0 and message in done.stderr and bad.name in done.stderr
         assert "Traceback" not in done.stderr
+
+
+def _load_benchmark(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_memory_peak_trace_replays_allocations_to_the_peak_and_finds_the_extra_blocks():
+    trace_tool = _load_benchmark("memory_peak_trace")
+    own = [{"filename": "/site/nnunet_ccesemi/losses/prototypes.py", "line": 7, "name": "class_prototypes"}]
+    trace = [
+        {"action": "alloc", "addr": 1, "size": 100, "frames": own},
+        {"action": "alloc", "addr": 2, "size": 50, "frames": []},
+        # a free that is only requested still counts, as in the allocator's own statistic
+        {"action": "free_requested", "addr": 1, "size": 100, "frames": []},
+        {"action": "alloc", "addr": 3, "size": 60, "frames": []},
+        {"action": "free_completed", "addr": 1, "size": 100, "frames": []},
+        {"action": "alloc", "addr": 4, "size": 200, "frames": []},  # 310 live: the peak
+        {"action": "free_completed", "addr": 9, "size": 999, "frames": []},  # allocated before the recording
+    ]
+    peak, index, blocks = trace_tool.peak_blocks(trace)
+    assert (peak, index) == (310, 5)
+    assert [b["size"] for b in blocks] == [200, 60, 50]
+    dispatch = {"filename": "/repo/nnunet_ccesemi/training/memory_estimate.py", "line": 96, "name": "__torch_dispatch__"}
+    assert trace_tool.where({"frames": [dispatch] + own}) == "prototypes.py:7 class_prototypes"
+    assert trace_tool.where({"frames": [dispatch]}) == "(backward: no Python frame)"
+
+    # matched by size and allocating code: the 60-byte block from the project's code is the extra one
+    forward = [{"size": 60, "index": 1, "frames": own}, {"size": 60, "index": 2, "frames": []}]
+    reference = [{"size": 60, "frames": []}]
+    assert [b["index"] for b in trace_tool.extra_blocks(reference, forward)] == [1]
+    # of equal blocks, the later one is the extra one
+    twice = [{"size": 60, "index": 1, "frames": own}, {"size": 60, "index": 2, "frames": own}]
+    assert [b["index"] for b in trace_tool.extra_blocks([{"size": 60, "frames": own}], twice)] == [2]

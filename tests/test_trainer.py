@@ -212,6 +212,40 @@ def test_sequential_step_gives_the_joint_gradients(started_trainer):
         torch.testing.assert_close(sequential_stats[key], value, rtol=1e-4, atol=1e-6, msg=key)
 
 
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+@pytest.mark.parametrize("step_name", ["_joint_step", "_sequential_step"])
+def test_backward_frees_the_decoder_features_before_it_reaches_the_encoder(started_trainer, step_name):
+    """The features the contrastive term reads are the full-resolution output of each decoder's last
+    stage. Held by a Python reference through the backward pass, they stay alive where memory peaks (a
+    lent H200 measured +0.56 GiB for the sequential step and +1.15 GiB for the joint one at Left Atrium's
+    0.625 mm plans); held by the graph alone, they go once the backward pass has left the decoder."""
+    from torch.multiprocessing.reductions import StorageWeakRef
+
+    from nnunet_ccesemi.losses import last_decoder_stage
+
+    trainer = started_trainer
+    features, alive_at_encoder, handles = {}, {}, []
+    for name, network in (("a", unwrap(trainer.network)), ("b", unwrap(trainer.network_b))):
+        def keep_storage(module, inputs, output, name=name):
+            features[name] = StorageWeakRef(output.untyped_storage())
+
+        def at_first_encoder_weight(grad, name=name):
+            # the first encoder parameter's gradient comes at the end of its network's backward pass
+            alive_at_encoder[name] = not features[name].expired()
+
+        handles.append(last_decoder_stage(network).register_forward_hook(keep_storage))
+        handles.append(next(network.encoder.parameters()).register_hook(at_first_encoder_weight))
+    batch = next(trainer.dataloader_train)
+    data = torch.cat((batch["data"], next(trainer.dataloader_unlabeled)["data"]))
+    try:
+        _, stats = _step_gradients(trainer, getattr(trainer, step_name), data, batch["target"], seed=3)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert stats["contrast_a"] > 0 and stats["contrast_b"] > 0  # the features did train both networks
+    assert alive_at_encoder == {"a": False, "b": False}
+
+
 def _with_batch_norm(network: torch.nn.Module) -> list[torch.nn.BatchNorm3d]:
     """Swaps every instance norm of ``network`` for a BatchNorm3d (nnU-Net's plans can name either); a norm
     registered under two names (``norm`` and ``all_modules[i]`` in dynamic_network_architectures) gets one."""

@@ -353,6 +353,14 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
 
     def _joint_step(self, data, target, n_labeled: int, unsup_weight: float, contrast_weight: float) -> dict:
         """Both networks forward on the whole batch, one backward pass (the fastest step)."""
+        loss, stats = self._joint_loss(data, target, n_labeled, unsup_weight, contrast_weight)
+        # Only the graph holds the forward pass's tensors now, so autograd frees each once its backward
+        # has run: a Python reference to the decoders' full-resolution features would keep them to the
+        # end of the pass, through its memory peak (+1.1 GiB measured at Left Atrium's 0.625 mm plans).
+        self._backward(loss)
+        return stats
+
+    def _joint_loss(self, data, target, n_labeled: int, unsup_weight: float, contrast_weight: float):
         with self._autocast():
             output_a = self.network(data)
             output_b = self.network_b(data)
@@ -364,8 +372,7 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
                 target_labeled=full_resolution(target), features_a=features_a, features_b=features_b,
                 unsup_weight=unsup_weight, contrast_weight=contrast_weight)
             loss = supervised_a + supervised_b + unsupervised
-        self._backward(loss)
-        return {"supervised_a": supervised_a.detach(), "supervised_b": supervised_b.detach(), **stats}
+        return loss, {"supervised_a": supervised_a.detach(), "supervised_b": supervised_b.detach(), **stats}
 
     def _sequential_step(self, data, target, n_labeled: int, unsup_weight: float, contrast_weight: float) -> dict:
         """METHOD.md's low-memory step: B without grad, then A forward+backward, then B forward+backward.
@@ -375,6 +382,20 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
         alive at a time. Costs one extra forward pass of B.
         """
         target_full = full_resolution(target)
+        # As in the joint step, each backward pass starts with the graph as the only holder of its
+        # network's forward tensors (the helpers' locals are gone), features included.
+        loss_a, logits_a, supervised_a, stats_a = self._sequential_loss_a(
+            data, target, target_full, n_labeled, unsup_weight, contrast_weight)
+        self._backward(loss_a)
+        del loss_a
+        loss_b, supervised_b, stats_b = self._sequential_loss_b(
+            data, target, target_full, logits_a, n_labeled, unsup_weight, contrast_weight)
+        self._backward(loss_b)
+        return {"supervised_a": supervised_a, "supervised_b": supervised_b, **merge_sequential_stats(stats_a, stats_b)}
+
+    def _sequential_loss_a(self, data, target, target_full, n_labeled: int, unsup_weight: float,
+                           contrast_weight: float):
+        """A's loss against B's gradient-free pseudo-labels, and A's full-resolution logits, detached."""
         with self._autocast():
             # B's second pass below is the one that counts for BatchNorm, as its one pass in the joint step
             with torch.no_grad(), batch_norm_statistics_kept(self.network_b):
@@ -386,10 +407,11 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             unsupervised_a, stats_a = self.objective_step(
                 full_resolution(output_a), logits_b, n_labeled=n_labeled, target_labeled=target_full,
                 features_a=features_a, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("a",))
-        self._backward(supervised_a + unsupervised_a)
-        logits_a = full_resolution(output_a).detach()
-        del output_a, features_a, logits_b, unsupervised_a
+        return supervised_a + unsupervised_a, full_resolution(output_a).detach(), supervised_a.detach(), stats_a
 
+    def _sequential_loss_b(self, data, target, target_full, logits_a, n_labeled: int, unsup_weight: float,
+                           contrast_weight: float):
+        """B's loss against A's detached logits."""
         with self._autocast():
             output_b = self.network_b(data)
             _, features_b = self._take_features()
@@ -397,9 +419,7 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             unsupervised_b, stats_b = self.objective_step(
                 logits_a, full_resolution(output_b), n_labeled=n_labeled, target_labeled=target_full,
                 features_b=features_b, unsup_weight=unsup_weight, contrast_weight=contrast_weight, students=("b",))
-        self._backward(supervised_b + unsupervised_b)
-        return {"supervised_a": supervised_a.detach(), "supervised_b": supervised_b.detach(),
-                **merge_sequential_stats(stats_a, stats_b)}
+        return supervised_b + unsupervised_b, supervised_b.detach(), stats_b
 
     def _switch_to_sequential_step(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
