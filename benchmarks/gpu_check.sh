@@ -62,8 +62,9 @@ tail -n 2 "$OUT/unlabeled.log"
 
 if part compiled; then
   echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation), from $(date +%T) =="
+  # COMPILED_TRAINERS: CCE first, since the H200 of 2026-12-04 timed CPS but ran out of time compiling CCE
   timeout 480 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
-    --trainers nnUNetTrainerCPS nnUNetTrainerCCE 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
+    --trainers ${COMPILED_TRAINERS:-nnUNetTrainerCCE nnUNetTrainerCPS} 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
     || tail -n 20 "$OUT/bench_compiled.err"
 fi
 if part eager; then
