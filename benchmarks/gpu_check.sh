@@ -31,17 +31,20 @@ entry() { local module=$1 fn=$2; shift 2; python3 -c "import sys; from $module i
 PARTS=${PARTS:-memory objective}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 
-memory_rows() {  # [memory_estimate.py options]
+memory_rows() {  # ERR_FILE [memory_estimate.py options]
+  local err=$1; shift
   echo "== peak CUDA memory on nnU-Net's LA 0.625 mm plans: fake-tensor estimate against measurement =="
   nnUNet_compile=f nnUNet_preprocessed=benchmarks/plans timeout 320 python3 benchmarks/memory_estimate.py -d 602 -c 3d_fullres \
-    --measure-cuda "$@" 2>"$OUT/memory.err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$OUT/memory.err"
+    --measure-cuda "$@" 2>"$err" | grep --line-buffered -v "^20[0-9][0-9]-" || tail -n 20 "$err"
   echo "memory rows done at $(date +%T)"
 }
-if part memory; then memory_rows; fi
+if part memory; then memory_rows "$OUT/memory.err"; fi
 if part memory-beside; then
-  # the trainers' memory rows (no floors) in the background, while the compiled part plans its dataset and
-  # compiles on the CPU: both in one call of the lent machine. Its output follows at the end.
-  memory_rows --no-floor > "$OUT/memory.txt" 2>&1 &
+  # The trainers' memory rows (no floors) in the background, while the compiled part plans its dataset and
+  # compiles on the CPU: both in one call of the lent machine. They took under 2 minutes on the H200 of
+  # 2026-12-04, done before the first compiled row timed its iterations: compare "memory rows done at"
+  # with the rows' times. Their output is in memory.txt (and at the end of the log).
+  memory_rows "$OUT/memory_beside.err" --no-floor > "$OUT/memory.txt" 2>&1 &
   memory_pid=$!
   trap 'wait $memory_pid; cat "$OUT/memory.txt"' EXIT
 fi
@@ -62,7 +65,8 @@ tail -n 2 "$OUT/unlabeled.log"
 
 if part compiled; then
   echo "== step times, AMP + torch.compile (networks and objective; warm-up absorbs compilation), from $(date +%T) =="
-  # COMPILED_TRAINERS: CCE first, since the H200 of 2026-12-04 timed CPS but ran out of time compiling CCE
+  # after the floor, CCE before CPS (COMPILED_TRAINERS): the H200 of 2026-12-04 timed CPS but ran out of time
+  # compiling CCE
   timeout 480 python3 benchmarks/step_time.py -d 991 -c 3d_fullres --iterations 30 --warmup 8 --device cuda \
     --trainers ${COMPILED_TRAINERS:-nnUNetTrainerCCE nnUNetTrainerCPS} 2>"$OUT/bench_compiled.err" | grep --line-buffered -v "^20[0-9][0-9]-" \
     || tail -n 20 "$OUT/bench_compiled.err"

@@ -4,8 +4,8 @@
         --trainers nnUNetTrainerCPS_lowMem nnUNetTrainerCCE_lowMem
 
 Runs each trainer's step as ``memory_estimate.py --measure-cuda`` does, with the CUDA caching
-allocator's history recorded (Python stacks), replays the history to the moment the allocated bytes
-peak, and prints the blocks alive then, largest first, each with the innermost frames of the code that
+allocator's history recorded (Python stacks), replays the history to the moment the allocated
+(requested) bytes peak, and prints the blocks alive then, largest first, each with the innermost frames of the code that
 allocated it (blocks the autograd engine allocates in its own thread have no Python frame). With two
 trainers, it also prints the blocks the second holds at its peak beyond the first: where the second's
 extra memory is.
@@ -28,8 +28,9 @@ def peak_blocks(trace: list[dict]) -> tuple[int, int, list[dict]]:
     """(peak bytes, index of the allocation that reached it, the blocks alive then) of an allocator trace.
 
     ``trace`` is one device's ``torch.cuda.memory._snapshot()["device_traces"]`` list: ``alloc`` adds a
-    block, ``free_completed`` removes it (``free_requested`` is only the request while a stream still
-    uses the block, which the allocator's own ``allocated`` statistic still counts).
+    block, ``free_requested`` removes it, as the allocator's own ``allocated_bytes`` statistic does
+    (``free_completed`` follows once no other stream uses the block, when it can be reused). The bytes
+    are the requested sizes, a little under the rounded blocks that ``max_memory_allocated`` counts.
     """
     live: dict[int, dict] = {}
     allocated = peak = 0
@@ -40,7 +41,7 @@ def peak_blocks(trace: list[dict]) -> tuple[int, int, list[dict]]:
             allocated += event["size"]
             if allocated > peak:
                 peak, peak_index, peak_live = allocated, index, dict(live)
-        elif event["action"] == "free_completed" and event["addr"] in live:
+        elif event["action"] == "free_requested" and event["addr"] in live:
             allocated -= live.pop(event["addr"])["size"]
     return peak, peak_index, sorted(peak_live.values(), key=lambda block: -block["size"])
 

@@ -104,15 +104,9 @@ def time_trainer(trainer, iterations: int, warmup: int) -> dict:
 def time_floor(trainer, iterations: int, warmup: int) -> dict:
     """Forward+backward of A and B on a random concatenated batch: the cost no dual-network step avoids."""
     from nnunet_ccesemi.training.dual_network_trainer import labeled_part
-    from nnunet_ccesemi.training.networks import build_peer_network
 
-    config = trainer.method_config
-    network_b = build_peer_network(trainer.configuration_manager, trainer.num_input_channels,
-                                   trainer.label_manager.num_segmentation_heads, True, config.peer_architecture,
-                                   config.peer_blocks_per_stage).to(trainer.device)
-    if trainer._do_i_compile():
-        network_b = torch.compile(network_b)
-    networks = (trainer.network, network_b)
+    # the CPS trainer's own networks (compiled where it compiles them): the floor's B is the trainers' B
+    networks = (trainer.network, trainer.network_b)
     optimizer = torch.optim.SGD([p for n in networks for p in n.parameters()], 1e-3, momentum=0.99, nesterov=True)
     n = trainer.batch_size
     patch = trainer.configuration_manager.patch_size

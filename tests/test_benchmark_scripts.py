@@ -161,16 +161,21 @@ def test_memory_peak_trace_replays_allocations_to_the_peak_and_finds_the_extra_b
     trace = [
         {"action": "alloc", "addr": 1, "size": 100, "frames": own},
         {"action": "alloc", "addr": 2, "size": 50, "frames": []},
-        # a free that is only requested still counts, as in the allocator's own statistic
+        # freed for the allocator's statistic when requested, though a second stream still uses it
         {"action": "free_requested", "addr": 1, "size": 100, "frames": []},
         {"action": "alloc", "addr": 3, "size": 60, "frames": []},
         {"action": "free_completed", "addr": 1, "size": 100, "frames": []},
         {"action": "alloc", "addr": 4, "size": 200, "frames": []},  # 310 live: the peak
-        {"action": "free_completed", "addr": 9, "size": 999, "frames": []},  # allocated before the recording
+        {"action": "free_requested", "addr": 9, "size": 999, "frames": []},  # allocated before the recording
+        {"action": "free_requested", "addr": 4, "size": 200, "frames": []},
+        {"action": "alloc", "addr": 5, "size": 150, "frames": []},  # 260: below the peak
     ]
     peak, index, blocks = trace_tool.peak_blocks(trace)
     assert (peak, index) == (310, 5)
     assert [b["size"] for b in blocks] == [200, 60, 50]
+    # counting block 1 until its free completes would give 100 + 50 + 60 + 95 = 305 here
+    early_peak = trace[:4] + [{"action": "alloc", "addr": 6, "size": 95, "frames": []}]
+    assert trace_tool.peak_blocks(early_peak)[:2] == (205, 4)
     dispatch = {"filename": "/repo/nnunet_ccesemi/training/memory_estimate.py", "line": 96, "name": "__torch_dispatch__"}
     assert trace_tool.where({"frames": [dispatch] + own}) == "prototypes.py:7 class_prototypes"
     assert trace_tool.where({"frames": [dispatch]}) == "(backward: no Python frame)"

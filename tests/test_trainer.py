@@ -217,8 +217,8 @@ def test_sequential_step_gives_the_joint_gradients(started_trainer):
 def test_backward_frees_the_decoder_features_before_it_reaches_the_encoder(started_trainer, step_name):
     """The features the contrastive term reads are the full-resolution output of each decoder's last
     stage. Held by a Python reference through the backward pass, they stay alive where memory peaks (a
-    lent H200 measured +0.56 GiB for the sequential step and +1.15 GiB for the joint one at Left Atrium's
-    0.625 mm plans); held by the graph alone, they go once the backward pass has left the decoder."""
+    lent H200 traced 0.56 GiB per network at Left Atrium's 0.625 mm plans); held by the graph alone, they
+    go once the backward pass has left the decoder."""
     from torch.multiprocessing.reductions import StorageWeakRef
 
     from nnunet_ccesemi.losses import last_decoder_stage
