@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from nnunet_ccesemi.config import CCE_CONFIG
+from nnunet_ccesemi.config import CCE_CLASS_BALANCED_CONFIG
 from nnunet_ccesemi.losses import (
     DualNetworkObjective,
     batch_quantile,
@@ -61,7 +61,8 @@ OBJECTIVE_CLASSES = 4
 THRESHOLD_KEYS = tuple(f"entropy_threshold_{net}_c{c}" for net in "ab" for c in range(OBJECTIVE_CLASSES))
 # Every uncertain voxel is sampled (the cap 2048 exceeds the voxel count): the contrast term's value
 # does not depend on the random draw.
-CONFIG = CCE_CONFIG.replace(contrast_sample_fraction=1.0)
+# the class-balanced rule: its per-class thresholds are the reductions most worth checking across ranks
+CONFIG = CCE_CLASS_BALANCED_CONFIG.replace(contrast_sample_fraction=1.0)
 COLLECTIVE_TIMEOUT = datetime.timedelta(seconds=30)  # a mismatched collective fails instead of hanging
 JOIN_TIMEOUT_S = 120
 

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, CPS_CONFIG, MethodConfig
+from nnunet_ccesemi.config import (CCE_CLASS_BALANCED_CONFIG, CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, CPS_CONFIG,
+                                   MethodConfig)
 from nnunet_ccesemi.losses import (
     DecoderFeatureHook,
     DualNetworkObjective,
@@ -41,6 +42,7 @@ CONTRAST_ONLY = MethodConfig(
 )
 CONFIGS = {
     "cce": CCE_CONFIG,
+    "class_balanced": CCE_CLASS_BALANCED_CONFIG,
     "cps": CPS_CONFIG,
     "released": CCE_RELEASED_CODE_CONFIG,
     "no_filter": CCE_CONFIG.replace(filter_entropy=False),
@@ -103,16 +105,17 @@ def expected_stats(config_name: str, num_classes: int) -> set:
     balanced = per_class(_CLASS_BALANCED, num_classes)
     unthresholded = per_class(("reliable_fraction", "prototype_present"), num_classes)
     return {
-        "cce": _ALL_TERMS | balanced,
+        "cce": _ALL_TERMS | _GLOBAL | unthresholded,
+        "class_balanced": _ALL_TERMS | balanced,
         "cps": {"agreement", "cps_a", "cps_b", "total"},
         "released": (_ALL_TERMS - {"cps_a"}) | _GLOBAL | unthresholded,
         "no_filter": _ALL_TERMS | unthresholded,
-        "no_kl_weight": (_ALL_TERMS - {"mean_kl_weight"}) | balanced,
+        "no_kl_weight": (_ALL_TERMS - {"mean_kl_weight"}) | _GLOBAL | unthresholded,
         "contrast_only": {"agreement", "reliable_fraction", "total"} | _CONTRAST | balanced,
     }[config_name]
 
 
-EXPECTED_STATS = ("cce", "cps", "released", "no_filter", "no_kl_weight", "contrast_only")
+EXPECTED_STATS = ("cce", "class_balanced", "cps", "released", "no_filter", "no_kl_weight", "contrast_only")
 
 
 def is_per_class(key: str) -> bool:
@@ -369,7 +372,7 @@ def test_absent_class_is_finite():
         for net in ("a", "b"):
             batch[f"logits_{net}"][:, 3] -= 50.0  # class 3 is never predicted
     batch["target_labeled"].clamp_(max=2)
-    _, loss, stats = run_objective(CCE_CONFIG, batch)
+    _, loss, stats = run_objective(CCE_CLASS_BALANCED_CONFIG, batch)  # it has per-class thresholds
     assert stats["prototype_present_c3"] == 0 and stats["num_prototypes"] == 3
     for key in ("entropy_threshold_a_c3", "entropy_threshold_b_c3", "reliable_fraction_c3"):
         assert torch.isnan(stats[key]), key

@@ -46,7 +46,8 @@ def test_new_interpreter_finds_trainers_without_any_variable():
 
 # Every method configuration has the short budgets the README promises.
 METHOD_TRAINERS = ["nnUNetTrainerCCE", "nnUNetTrainerCCE_noEntropyFilter", "nnUNetTrainerCCE_noKLWeight",
-                   "nnUNetTrainerCCE_noContrast", "nnUNetTrainerCCE_globalRule", "nnUNetTrainerCCE_releasedCode",
+                   "nnUNetTrainerCCE_noContrast", "nnUNetTrainerCCE_globalRule", "nnUNetTrainerCCE_classBalanced",
+                   "nnUNetTrainerCCE_releasedCode",
                    "nnUNetTrainerCCE_lowMem", "nnUNetTrainerCPS", "nnUNetTrainerCPS_sameArch", "nnUNetTrainerCPS_lowMem"]
 
 

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, MethodConfig
+from nnunet_ccesemi.config import CCE_CLASS_BALANCED_CONFIG, CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, MethodConfig
 from nnunet_ccesemi.losses import (
     DualNetworkObjective,
     PrototypeBank,
@@ -191,10 +191,12 @@ def test_contrast_term_alive_with_remembered_prototypes():
     assert results[False]["prototype_present_c1"] == 0 and results[False]["contrast_a"] == 0
 
 
-def test_released_code_configuration_keeps_the_global_rule():
+def test_default_and_released_code_configurations_keep_the_global_rule():
     assert CCE_RELEASED_CODE_CONFIG.reliability_rule == "global"
     assert not CCE_RELEASED_CODE_CONFIG.prototype_memory
-    assert CCE_CONFIG.reliability_rule == "class_balanced" and CCE_CONFIG.prototype_memory
+    # the validation cases' choice (benchmarks/README.md), with the prototype memory of issue 14
+    assert CCE_CONFIG.reliability_rule == "global" and CCE_CONFIG.prototype_memory
+    assert CCE_CLASS_BALANCED_CONFIG == CCE_CONFIG.replace(reliability_rule="class_balanced")
     with pytest.raises(ValueError, match="reliability_rule"):
         MethodConfig(reliability_rule="per_voxel")
 

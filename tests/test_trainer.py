@@ -82,7 +82,8 @@ def switched_on_statistics(config) -> list[str]:
     return names
 
 
-@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs"], indirect=True)
+@pytest.mark.parametrize("started_trainer", ["nnUNetTrainerCCE_5epochs", "nnUNetTrainerCCE_classBalanced_5epochs"],
+                         indirect=True)
 def test_cce_step_computes_every_term(started_trainer):
     """Every term CCE switches on is alive: finite and non-zero in each of a few steps on the tiny dataset,
     whose labelled and unlabelled patches hold both classes (the foreground is oversampled)."""
@@ -95,7 +96,10 @@ def test_cce_step_computes_every_term(started_trainer):
         for name in names:
             value = output["ccesemi_" + name]
             assert np.isfinite(value) and value != 0, f"{name} = {value} at step {step}"
-        for name in ("entropy_threshold_a_c1", "reliable_fraction_c1", "prototype_present_c1"):
+        # thresholds per class under the class-balanced rule, one per network under the global one
+        per_class = trainer.method_config.reliability_rule == "class_balanced"
+        threshold = "entropy_threshold_a" + ("_c1" if per_class else "")
+        for name in (threshold, "reliable_fraction_c1", "prototype_present_c1"):
             assert "ccesemi_" + name in output, name
 
 

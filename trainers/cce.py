@@ -1,5 +1,5 @@
 """CCE (arXiv 2509.13084) and its ablations: METHOD.md §3, one configuration each."""
-from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG
+from nnunet_ccesemi.config import CCE_CLASS_BALANCED_CONFIG, CCE_CONFIG, CCE_RELEASED_CODE_CONFIG
 from nnunet_ccesemi.training.budgets import ShortBudget
 from nnunet_ccesemi.training.dual_network_trainer import nnUNetTrainerDualNetwork
 
@@ -23,9 +23,18 @@ class nnUNetTrainerCCE_noContrast(nnUNetTrainerCCE):
     method_config = CCE_CONFIG.replace(contrast_weight=0.0)
 
 
+class nnUNetTrainerCCE_classBalanced(nnUNetTrainerCCE):
+    """CCE with the entropy quantile taken within each pseudo-class (issue 14): every class's most
+    confident voxels supervise the filtered term and renew its prototype. The default until the Left
+    Atrium validation cases favoured the global rule."""
+    method_config = CCE_CLASS_BALANCED_CONFIG
+
+
 class nnUNetTrainerCCE_globalRule(nnUNetTrainerCCE):
-    """CCE with the released code's global entropy quantile instead of the per-class one."""
-    method_config = CCE_CONFIG.replace(reliability_rule="global")
+    """The released code's global entropy quantile: the same configuration as nnUNetTrainerCCE since the
+    default changed to it, kept under this name so that the benchmark rows trained with it stay
+    reproducible."""
+    method_config = CCE_CONFIG
 
 
 class nnUNetTrainerCCE_releasedCode(nnUNetTrainerCCE):
@@ -48,6 +57,18 @@ class nnUNetTrainerCCE_10epochs(ShortBudget, nnUNetTrainerCCE):
 
 
 class nnUNetTrainerCCE_20epochs(ShortBudget, nnUNetTrainerCCE):
+    budget_epochs = 20
+
+
+class nnUNetTrainerCCE_classBalanced_5epochs(ShortBudget, nnUNetTrainerCCE_classBalanced):
+    pass
+
+
+class nnUNetTrainerCCE_classBalanced_10epochs(ShortBudget, nnUNetTrainerCCE_classBalanced):
+    budget_epochs = 10
+
+
+class nnUNetTrainerCCE_classBalanced_20epochs(ShortBudget, nnUNetTrainerCCE_classBalanced):
     budget_epochs = 20
 
 
