@@ -16,8 +16,9 @@ import argparse
 import re
 import sys
 
-DEFAULT_COLUMNS = ("reliable_fraction_c1", "entropy_threshold_a_c1", "entropy_filter_a", "entropy_filter_b",
-                   "contrast_a", "prototype_present_c1", "cps_a", "mean_kl_weight", "agreement",
+# entropy_threshold_a_c1: the class-balanced rule's per-class threshold; entropy_threshold_a: the global rule's
+DEFAULT_COLUMNS = ("reliable_fraction_c1", "entropy_threshold_a_c1", "entropy_threshold_a", "entropy_filter_a",
+                   "entropy_filter_b", "contrast_a", "prototype_present_c1", "cps_a", "mean_kl_weight", "agreement",
                    "pseudo_dice", "epoch_s")
 _EPOCH = re.compile(r": Epoch (\d+)\s*$")
 _STATISTICS = re.compile(r": semi-supervised: (.*)$")

@@ -73,7 +73,7 @@ def test_compiled_objective_equals_eager_and_compiles_once_for_changing_ramps():
 
 @pytest.mark.parametrize("trainer", ["nnUNetTrainerCPS", "nnUNetTrainerCCE", "nnUNetTrainerCCE_noEntropyFilter",
                                      "nnUNetTrainerCCE_noKLWeight", "nnUNetTrainerCCE_noContrast",
-                                     "nnUNetTrainerCCE_releasedCode"])
+                                     "nnUNetTrainerCCE_releasedCode", "nnUNetTrainerCCE_classBalanced"])
 @pytest.mark.parametrize("students", [("a", "b"), ("a",), ("b",)])
 def test_objective_never_waits_for_the_host(trainer, students):
     """On fake tensors (no values) any .item(), nonzero or boolean-mask selection would raise: on a GPU each

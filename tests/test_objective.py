@@ -291,8 +291,9 @@ def expected_terms(config, batch, num_classes, contrast_weight):
     return terms, total
 
 
-@pytest.mark.parametrize("config", [CCE_CONFIG.replace(**SWITCHED), CCE_RELEASED_CODE_CONFIG.replace(**SWITCHED)],
-                         ids=["cce", "released"])
+@pytest.mark.parametrize("config", [CCE_CONFIG.replace(**SWITCHED), CCE_CLASS_BALANCED_CONFIG.replace(**SWITCHED),
+                                    CCE_RELEASED_CODE_CONFIG.replace(**SWITCHED)],
+                         ids=["cce_global", "class_balanced", "released"])
 def test_each_term_and_gradient_is_that_of_its_function_under_the_configured_switches(config):
     """The softmax objective against the standalone functions, with every switch away from its default: the
     released code's global rule, union labels, A->B only, attached KL weight and l2 prototypes included."""

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 
-from nnunet_ccesemi.config import CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, CPS_CONFIG, MethodConfig
+from nnunet_ccesemi.config import (CCE_CLASS_BALANCED_CONFIG, CCE_CONFIG, CCE_RELEASED_CODE_CONFIG, CPS_CONFIG,
+                                   MethodConfig)
 from nnunet_ccesemi.inference.ranking import score_case
 from nnunet_ccesemi.inference.uncertainty import predictive_entropy, symmetric_kl
 from nnunet_ccesemi.losses.objective import DualNetworkObjective
@@ -317,7 +318,8 @@ def test_each_student_term_trains_only_its_student():
         assert b["features_b"].grad is None or b["features_b"].grad.abs().sum() == 0
 
 
-@pytest.mark.parametrize("config", [CCE_CONFIG, CPS_CONFIG, CCE_RELEASED_CODE_CONFIG], ids=["cce", "cps", "released"])
+@pytest.mark.parametrize("config", [CCE_CONFIG, CCE_CLASS_BALANCED_CONFIG, CPS_CONFIG, CCE_RELEASED_CODE_CONFIG],
+                         ids=["cce", "class_balanced", "cps", "released"])
 def test_low_memory_sequential_calls_give_the_joint_gradients_on_regions(config):
     """The _lowMem step on regions: A's call with B detached, then B's with A detached."""
     if config.prototype_memory:  # the banks' EMA must match too; the released code keeps no bank
@@ -376,7 +378,7 @@ def region_cases(draw):
     n_unlabeled = draw(st.integers(0 if n_labeled else 1, 2))
     scale = draw(st.sampled_from([1e-3, 1.0, 10.0, 100.0, 1e3]))
     dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
-    config = draw(st.sampled_from([CCE_CONFIG, CPS_CONFIG, CCE_RELEASED_CODE_CONFIG,
+    config = draw(st.sampled_from([CCE_CONFIG, CCE_CLASS_BALANCED_CONFIG, CPS_CONFIG, CCE_RELEASED_CODE_CONFIG,
                                    CCE_CONFIG.replace(filter_entropy=False, prototype_momentum=0.9)]))
     ignore = draw(st.booleans())
     return layout, spatial, n_labeled, n_unlabeled, scale, dtype, config, ignore, draw(st.integers(0, 2**16))

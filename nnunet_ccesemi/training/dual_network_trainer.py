@@ -527,8 +527,8 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
             ("unsupervised terms", [n for n in names if n.startswith(UNSUPERVISED_TERMS)], "linear"),
             ("fractions of voxels and iterations",
              [n for n in names if n in FRACTION_STATS or n.startswith(PER_CLASS_FRACTIONS)], "linear"),
-            ("entropy thresholds (per network and class)", [n for n in names if n.startswith("entropy_threshold")],
-             "log"),
+            ("entropy thresholds (per network; and class under the class-balanced rule)",
+             [n for n in names if n.startswith("entropy_threshold")], "log"),
             ("counts and seconds", [n for n in names if n in ("num_prototypes", "unlabeled_wait_s")], "linear"),
         )
         with plt.rc_context({"font.size": 11}):
