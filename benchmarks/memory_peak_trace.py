@@ -5,10 +5,10 @@
 
 Runs each trainer's step as ``memory_estimate.py --measure-cuda`` does, with the CUDA caching
 allocator's history recorded (Python stacks), replays the history to the moment the allocated
-(requested) bytes peak, and prints the blocks alive then, largest first, each with the innermost frames of the code that
-allocated it (blocks the autograd engine allocates in its own thread have no Python frame). With two
-trainers, it also prints the blocks the second holds at its peak beyond the first: where the second's
-extra memory is.
+(requested) bytes peak, and prints the blocks alive then, largest first, each with the innermost frames
+of the code that allocated it (blocks the autograd engine allocates in its own thread have no Python
+frame). With two trainers, it also prints the blocks the second holds at its peak beyond the first:
+where the second's extra memory is.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def main(argv=None) -> None:
     for (reference_name, reference), (name, blocks) in zip(peaks, peaks[1:]):
         extra = extra_blocks(reference, blocks)
         print(f"\n== at its peak {name} holds {sum(b['size'] for b in extra) / MIB:.1f} MiB in {len(extra)} blocks "
-              f"of sizes {reference_name} does not hold at its own ==")
+              f"(size and allocating code) that {reference_name} does not hold at its own ==")
         for block in extra[:args.top]:
             print(f"{block['size'] / MIB:9.1f} MiB  event {block['index']:7d}  {where(block, 4)}")
 

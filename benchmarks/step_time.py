@@ -200,8 +200,9 @@ def main(argv=None) -> None:
             sys.exit(f"{name} failed:\n{measured}")
         rows.update(measured)
         # each row as it lands, so that a run cut by a timeout still reports the rows it finished
-        print(f"{time.strftime('%H:%M:%S')} measured {name}: mean {measured[name]['mean']:.3f} s, median {measured[name]['median']:.3f} s, "
-              f"peak {measured[name]['peak_gib']:.2f} GiB", flush=True)
+        row = measured[name]
+        print(f"{time.strftime('%H:%M:%S')} measured {name}: mean {row['mean']:.3f} s, median {row['median']:.3f} s, "
+              f"peak {row['peak_gib']:.2f} GiB", flush=True)
 
     first = rows[args.trainers[0]]["mean"]
     floor = next((r["mean"] for k, r in rows.items() if k.startswith("floor")), None)

@@ -387,7 +387,6 @@ class nnUNetTrainerDualNetwork(SeededFromEnvironment, nnUNetTrainer):
         loss_a, logits_a, supervised_a, stats_a = self._sequential_loss_a(
             data, target, target_full, n_labeled, unsup_weight, contrast_weight)
         self._backward(loss_a)
-        del loss_a
         loss_b, supervised_b, stats_b = self._sequential_loss_b(
             data, target, target_full, logits_a, n_labeled, unsup_weight, contrast_weight)
         self._backward(loss_b)
